@@ -1,0 +1,41 @@
+"""ratemw: rate-limiting middleware for ASGI and WSGI apps.
+
+Callers over quota get a 429 with a problem+json body, IETF ``RateLimit`` headers and a
+``Retry-After`` that is right to the second.
+
+Example::
+
+    from ratemw import Limiter, RateLimitMiddleware, keys
+
+    limiter = Limiter(default_limits="100/minute", key=keys.client_ip())
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)
+"""
+
+from __future__ import annotations
+
+from ratemw import keys
+from ratemw._decision import Decision, PolicyState
+from ratemw._exceptions import (
+    ConfigurationError,
+    RateLimitExceeded,
+    RatemwError,
+    StorageError,
+)
+from ratemw._limiter import Limiter
+from ratemw._rules import Rule
+from ratemw.middleware import RateLimitMiddleware
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ConfigurationError",
+    "Decision",
+    "Limiter",
+    "PolicyState",
+    "RateLimitExceeded",
+    "RateLimitMiddleware",
+    "RatemwError",
+    "Rule",
+    "StorageError",
+    "keys",
+]

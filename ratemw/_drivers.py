@@ -1,0 +1,73 @@
+"""Drivers of the core's decision generator: ``arun`` for ASGI, ``run`` for WSGI.
+
+The twins differ only in how they wait: ``arun`` awaits, ``run`` blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from ratemw._core import Outcome, Step, StorageCall
+
+if TYPE_CHECKING:
+    from ratemw._limiter import Limiter
+
+_local = threading.local()
+
+
+async def arun(limiter: Limiter, steps: Step) -> Outcome:
+    """Drive the decision with async storage, awaiting the user's async callables."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        value = error = None
+        if type(step) is StorageCall:
+            storage = limiter.fallback_storage.async_ if step.fallback else limiter.backends.async_
+            try:
+                value = await limiter.guard_async(storage.acquire(step.hits))
+            except Exception as exc:  # the core applies the failure mode
+                value = exc
+        else:
+            try:
+                value = await step
+            except Exception as exc:
+                error = exc
+
+
+def _blocking(awaitable: Awaitable[Any]) -> Any:
+    """Run a user's async callable to completion from a WSGI thread."""
+    loop = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _local.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(awaitable)
+
+
+def run(limiter: Limiter, steps: Step) -> Outcome:
+    """Drive the decision with sync storage, running the user's async callables to the end."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        value = error = None
+        if type(step) is StorageCall:
+            storage = limiter.fallback_storage.sync if step.fallback else limiter.backends.sync
+            try:
+                value = limiter.guard_sync(partial(storage.acquire, step.hits))
+            except Exception as exc:
+                value = exc
+        else:
+            try:
+                value = _blocking(step)
+            except Exception as exc:
+                error = exc

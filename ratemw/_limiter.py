@@ -1,0 +1,350 @@
+"""The ``Limiter``: configuration, the route decorators and the storage it counts in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from ratemw._core import KeyHasher, Plan
+from ratemw._decision import HEADER_MODES
+from ratemw._exceptions import ConfigurationError
+from ratemw._groups import CostValue, LimitGroup, LimitValue, check_callable, groups_from
+from ratemw._rules import Rule, check_rules, rule_groups
+from ratemw.keys import client_ip
+from ratemw.storage import STRATEGIES, StorageBackends
+from ratemw.storage.memory import wall_clock_ms
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+logger = logging.getLogger("ratemw")
+
+FAILURE_MODES = ("allow", "deny", "fallback")
+NO_ROUTE = "<no route>"
+
+
+def _header_modes(headers: Any) -> tuple[str, ...]:
+    if headers is None or headers is False:
+        return ()
+    if headers is True:
+        return ("draft-10",)
+    modes = (headers,) if isinstance(headers, str) else tuple(headers)
+    for mode in modes:
+        if mode not in HEADER_MODES:
+            raise ConfigurationError(
+                f"unknown headers mode {mode!r}; expected one of {list(HEADER_MODES)}, "
+                "a list of them, or False for none"
+            )
+    return modes
+
+
+def _redact(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+class Limiter:
+    """Rate limits for an app: where counts are kept, who is counted, and the limits.
+
+    One ``Limiter`` serves ASGI apps (through ``RateLimitMiddleware``, on async storage) and
+    WSGI apps (through ``WSGIRateLimitMiddleware``, on sync storage) from one storage URI.
+
+    Example::
+
+        limiter = Limiter(default_limits="100/minute", key=keys.client_ip())
+        app.add_middleware(RateLimitMiddleware, limiter=limiter)
+
+        @app.get("/search")
+        @limiter.limit("5/minute;100/hour")
+        async def search(q: str): ...
+
+    Args:
+        storage: a storage URI: ``memory://`` (default), ``redis://host:6379``, ``rediss://``,
+            ``redis+unix://``, ``redis+cluster://``, ``redis+sentinel://``, ``valkey://``.
+        strategy: ``"fixed-window"`` (default), ``"moving-window"`` or
+            ``"sliding-window-counter"``.
+        default_limits: limits for every route without a limit of its own (counted per route).
+        application_limits: limits on every request, counted across all routes.
+        key: the key function: who is counted (default ``keys.client_ip()``).
+        headers: ``"draft-10"`` (default: ``RateLimit-Policy`` and ``RateLimit``),
+            ``"draft-7"``, ``"draft-6"``, ``"legacy"`` (``X-RateLimit-*``), a list of these, or
+            ``False`` to send none on successful responses (429s still carry ``Retry-After``).
+        failure_mode: when storage fails: ``"allow"`` (default), ``"deny"`` (503) or
+            ``"fallback"`` (per-process in-memory limits).
+        shadow: evaluate and report limits without refusing anything.
+        enabled: ``False`` turns every limit off (the middleware passes requests through).
+        on_breach: ``hook(request, RateLimitExceeded)`` when a request is refused (or would be,
+            for shadow limits: then ``exc.shadow`` is true).
+        on_near_limit: ``hook(request, PolicyState)`` when a request takes a policy's usage
+            past ``near_limit_ratio`` of its quota.
+        on_storage_error: ``hook(request, StorageError)`` when storage fails.
+        rules: ``Rule`` objects applied by every middleware using this limiter.
+        key_prefix: prefix of every storage key, so several apps can share one Redis.
+        storage_options: extra options for the storage (``max_keys`` for memory; connection
+            options for Redis).
+        near_limit_ratio: the share of a quota at which ``on_near_limit`` fires (default 0.8).
+        clock: a callable returning the time in integer milliseconds (for tests:
+            ``ratemw.testing.FakeClock``); used by the memory storage and for epoch headers.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: str = "memory://",
+        strategy: str = "fixed-window",
+        default_limits: LimitValue | Iterable[LimitValue] | None = None,
+        application_limits: LimitValue | Iterable[LimitValue] | None = None,
+        key: Callable[[Any], Any] | None = None,
+        headers: str | Iterable[str] | bool | None = "draft-10",
+        failure_mode: str = "allow",
+        shadow: bool = False,
+        enabled: bool = True,
+        on_breach: Callable[..., Any] | None = None,
+        on_near_limit: Callable[..., Any] | None = None,
+        on_storage_error: Callable[..., Any] | None = None,
+        rules: Iterable[Rule] = (),
+        key_prefix: str = "ratemw",
+        storage_options: dict[str, Any] | None = None,
+        near_limit_ratio: float = 0.8,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise ConfigurationError(
+                f"unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}"
+            )
+        if failure_mode not in FAILURE_MODES:
+            raise ConfigurationError(
+                f"unknown failure_mode {failure_mode!r}; expected one of {list(FAILURE_MODES)}"
+            )
+        if not isinstance(key_prefix, str) or not key_prefix or "{" in key_prefix:
+            raise ConfigurationError(
+                f"invalid key_prefix {key_prefix!r}: expected a non-empty string without braces"
+            )
+        if not (0 < near_limit_ratio <= 1):
+            raise ConfigurationError(
+                f"invalid near_limit_ratio {near_limit_ratio!r}: expected a number in (0, 1]"
+            )
+        for name, hook in (
+            ("key", key),
+            ("on_breach", on_breach),
+            ("on_near_limit", on_near_limit),
+            ("on_storage_error", on_storage_error),
+            ("clock", clock),
+        ):
+            check_callable(hook, name)
+        self.storage_uri = storage
+        self.storage_uri_redacted = _redact(storage) if isinstance(storage, str) else storage
+        self.strategy = strategy
+        self.clock_ms: Callable[[], int] = clock or wall_clock_ms
+        self.backends = StorageBackends(storage, options=storage_options, clock=clock)
+        self._fallback: StorageBackends | None = None
+        self.key: Callable[[Any], Any] = key or client_ip()
+        self.header_modes = _header_modes(headers)
+        self.failure_mode = failure_mode
+        self.shadow = bool(shadow)
+        self.enabled = bool(enabled)
+        self.on_breach = on_breach
+        self.on_near_limit = on_near_limit
+        self.on_storage_error = on_storage_error
+        self.key_prefix = key_prefix
+        self.near_limit_ratio_permille = round(near_limit_ratio * 1000)
+        self.default_groups = groups_from("default", default_limits)
+        self.application_groups = groups_from(
+            "application", application_limits, bucket="*", name_prefix="app-"
+        )
+        self.rules = check_rules(rules)
+        self.hash_key = KeyHasher()
+        self._endpoint_groups: dict[Any, tuple[LimitGroup, ...]] = {}
+        self._exempt: set[Any] = set()
+        self._storage_failing = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Limiter(storage={self.storage_uri_redacted!r}, strategy={self.strategy!r}, "
+            f"enabled={self.enabled!r})"
+        )
+
+    # -- decorators ---------------------------------------------------------------------------
+
+    def _register(self, groups: tuple[LimitGroup, ...]) -> Callable[[F], F]:
+        def decorator(endpoint: F) -> F:
+            self._endpoint_groups[endpoint] = self._endpoint_groups.get(endpoint, ()) + groups
+            return endpoint
+
+        return decorator
+
+    def limit(
+        self,
+        limit: LimitValue,
+        *,
+        key: Callable[[Any], Any] | None = None,
+        cost: CostValue = 1,
+        methods: Iterable[str] | None = None,
+        per_method: bool = False,
+        exempt_when: Callable[[Any], Any] | None = None,
+        override_defaults: bool = True,
+        shadow: bool | None = None,
+    ) -> Callable[[F], F]:
+        """Limit one route. The endpoint is returned unchanged: no ``request`` parameter needed.
+
+        Example::
+
+            @app.get("/search")
+            @limiter.limit("5/minute;100/hour")
+            async def search(q: str): ...
+
+        Args:
+            limit: ``"5/minute"``, ``"10 per 5 seconds"``, several joined by ``;``, or a
+                callable of the request (sync or async) returning such a string.
+            key: who is counted for this limit (default: the limiter's ``key``).
+            cost: units each request takes: an integer, or a callable of the request.
+            methods: only requests with these methods are limited.
+            per_method: count each method separately.
+            exempt_when: a callable of the request; when it returns true the limit is skipped.
+            override_defaults: when true (default) the limiter's default limits do not apply
+                to this route.
+            shadow: report but do not enforce this limit (default: the limiter's ``shadow``).
+        """
+        return self._register(
+            groups_from(
+                "route",
+                limit,
+                key=key,
+                cost=cost,
+                methods=methods,
+                per_method=per_method,
+                exempt_when=exempt_when,
+                override_defaults=override_defaults,
+                shadow=shadow,
+            )
+        )
+
+    def shared_limit(
+        self,
+        limit: LimitValue,
+        scope: str,
+        *,
+        key: Callable[[Any], Any] | None = None,
+        cost: CostValue = 1,
+        methods: Iterable[str] | None = None,
+        per_method: bool = False,
+        exempt_when: Callable[[Any], Any] | None = None,
+        override_defaults: bool = True,
+        shadow: bool | None = None,
+    ) -> Callable[[F], F]:
+        """Limit several routes together: every route decorated with one ``scope`` shares counts.
+
+        Example::
+
+            search_limit = limiter.shared_limit("100/hour", scope="search")
+
+            @app.get("/search/books")
+            @search_limit
+            async def books(): ...
+        """
+        if not isinstance(scope, str) or not scope:
+            raise ConfigurationError(f"invalid shared_limit scope {scope!r}: expected a name")
+        return self._register(
+            groups_from(
+                "shared",
+                limit,
+                bucket=scope,
+                name_prefix=f"{scope}-",
+                key=key,
+                cost=cost,
+                methods=methods,
+                per_method=per_method,
+                exempt_when=exempt_when,
+                override_defaults=override_defaults,
+                shadow=shadow,
+            )
+        )
+
+    def exempt(self, endpoint: F) -> F:
+        """Exempt a route from every limit (defaults, application limits and rules included)."""
+        self._exempt.add(endpoint)
+        return endpoint
+
+    # -- planning -----------------------------------------------------------------------------
+
+    def plan(
+        self,
+        endpoint: Any,
+        template: str | None,
+        path: str,
+        method: str,
+        extra_rules: tuple[Rule, ...] = (),
+    ) -> Plan:
+        """Which limit groups apply to a request on ``endpoint`` at ``path``."""
+        template = template or NO_ROUTE
+        handler = _method_handler(endpoint, method)
+        if endpoint in self._exempt or handler in self._exempt:
+            return Plan(template, ())
+        own = list(self._endpoint_groups.get(endpoint, ()))
+        if handler is not endpoint:
+            own.extend(self._endpoint_groups.get(handler, ()))
+        own.extend(rule_groups(self.rules + extra_rules, path))
+        groups = own
+        if not own or any(not g.override_defaults for g in own):
+            groups = groups + list(self.default_groups)
+        groups.extend(self.application_groups)
+        return Plan(template, tuple(groups))
+
+    # -- storage ------------------------------------------------------------------------------
+
+    @property
+    def fallback_storage(self) -> StorageBackends:
+        if self._fallback is None:
+            self._fallback = StorageBackends("memory://", clock=self.clock_ms)
+        return self._fallback
+
+    async def guard_async(self, acquiring: Awaitable[T]) -> T:
+        result = await acquiring
+        self._recovered()
+        return result
+
+    def guard_sync(self, acquire: Callable[[], T]) -> T:
+        result = acquire()
+        self._recovered()
+        return result
+
+    def _recovered(self) -> None:
+        if self._storage_failing:
+            self._storage_failing = False
+            logger.warning("storage %s is answering again", self.storage_uri_redacted)
+
+    def report_storage_error(self, error: BaseException) -> None:
+        """Log a storage failure once per incident, not once per request."""
+        if not self._storage_failing:
+            self._storage_failing = True
+            logger.error(
+                "storage %s failed (%r); failure_mode=%r applies until it recovers",
+                self.storage_uri_redacted,
+                error,
+                self.failure_mode,
+            )
+
+    def reset(self) -> None:
+        """Forget every count (sync storage; for tests and admin tasks)."""
+        self.backends.sync.reset()
+        if self._fallback is not None:
+            self._fallback.sync.reset()
+
+    async def areset(self) -> None:
+        """Forget every count (async storage)."""
+        await self.backends.async_.reset()
+        if self._fallback is not None:
+            await self._fallback.async_.reset()
+
+
+def _method_handler(endpoint: Any, method: str) -> Any:
+    """For class-based endpoints, the method that handles ``method`` (``get`` for ``HEAD``)."""
+    if isinstance(endpoint, type):
+        name = "get" if method == "HEAD" and not hasattr(endpoint, "head") else method.lower()
+        return getattr(endpoint, name, endpoint)
+    return endpoint

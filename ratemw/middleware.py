@@ -1,0 +1,144 @@
+"""``RateLimitMiddleware``: the pure ASGI adapter (Starlette, FastAPI, any ASGI app)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from starlette.requests import HTTPConnection, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ratemw._core import Outcome, Plan, evaluate
+from ratemw._drivers import arun
+from ratemw._exceptions import ConfigurationError, RateLimitExceeded
+from ratemw._limiter import Limiter
+from ratemw._responses import encode_headers, exceeded_response, unavailable_response
+from ratemw._routing import resolve
+from ratemw._rules import Rule, check_rules
+
+_PLAN_CACHE_SIZE = 4096
+_POLICY_VIOLATION = 1008
+
+ExceededHandler = Callable[[Any, RateLimitExceeded], Any]
+
+
+class RateLimitMiddleware:
+    """Enforce a ``Limiter``'s limits on an ASGI app.
+
+    Decorator limits, ``Rule``s and the limiter's defaults are all applied here. Requests
+    over a limit get a 429 problem+json response; others go through with ``RateLimit``
+    headers added to the response start (the body is never buffered, so streaming and
+    server-sent events pass untouched). WebSocket handshakes are limited too.
+
+    Example::
+
+        app.add_middleware(RateLimitMiddleware, limiter=limiter,
+                           rules=[Rule("/static/*", "300/minute")])
+
+    Args:
+        app: the ASGI app.
+        limiter: the ``Limiter``.
+        rules: extra ``Rule``s for this app.
+        handler: ``handler(request, exc)`` (sync or async) returning a Starlette ``Response``
+            to send instead of the default 429.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limiter: Limiter,
+        rules: Iterable[Rule] = (),
+        handler: ExceededHandler | None = None,
+    ) -> None:
+        if not isinstance(limiter, Limiter):
+            raise ConfigurationError(f"limiter must be a ratemw.Limiter, got {limiter!r}")
+        if handler is not None and not callable(handler):
+            raise ConfigurationError(f"handler must be callable, got {handler!r}")
+        self.app = app
+        self.limiter = limiter
+        self.rules = check_rules(rules)
+        self.handler = handler
+        self._plans: dict[tuple[str, str, str, str], Plan] = {}
+
+    def _plan(self, scope: Scope, method: str, path: str) -> Plan:
+        cache_key = (scope["type"], method, scope.get("root_path", ""), path)
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            endpoint, template = resolve(scope.get("app") or self.app, dict(scope))
+            plan = self.limiter.plan(endpoint, template, path, method, self.rules)
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[cache_key] = plan
+        return plan
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if (scope_type != "http" and scope_type != "websocket") or not self.limiter.enabled:
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"] if scope_type == "http" else "WEBSOCKET"
+        path = scope["path"]
+        plan = self._plan(scope, method, path)
+        if not plan.groups:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive) if scope_type == "http" else HTTPConnection(scope)
+        outcome = await arun(self.limiter, evaluate(self.limiter, plan, request, method, path))
+        if outcome.exceeded is not None or outcome.unavailable:
+            await self._refuse(scope, receive, send, request, outcome)
+            return
+        if not outcome.headers or scope_type != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = encode_headers(outcome.headers)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, request: Any, outcome: Outcome
+    ) -> None:
+        exc = outcome.exceeded
+        if exc is not None and self.handler is not None and scope["type"] == "http":
+            response = self.handler(request, exc)
+            if inspect.isawaitable(response):
+                response = await response
+            await response(scope, receive, send)
+            return
+        if exc is not None:
+            status, headers, body = exceeded_response(exc)
+        else:
+            status, headers, body = unavailable_response(scope["path"])
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": status,
+                        "headers": encode_headers(headers)})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await _refuse_websocket(scope, receive, send, status, headers, body)
+
+
+async def _refuse_websocket(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+) -> None:
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": status,
+                    "headers": encode_headers(headers)})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    # Without the denial-response extension a handshake can only be closed: 1008 is
+    # "policy violation". The connect event has to be received first.
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        reason = "rate limit exceeded" if status == 429 else "rate limits unavailable"
+        await send({"type": "websocket.close", "code": _POLICY_VIOLATION, "reason": reason})

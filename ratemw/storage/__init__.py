@@ -1,0 +1,120 @@
+"""Storage backends, chosen by URI.
+
+``memory://`` is embedded; ``redis://``, ``rediss://``, ``redis+unix://``, ``redis+cluster://``,
+``redis+sentinel://`` and their ``valkey`` spellings talk to a Redis-compatible server. Every
+backend answers one request's hits in one atomic step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from ratemw._exceptions import ConfigurationError
+from ratemw.storage._base import STRATEGIES, AsyncStorage, Hit, Storage, Usage
+from ratemw.storage.memory import AsyncMemoryStorage, MemoryStorage, wall_clock_ms
+
+__all__ = [
+    "STRATEGIES",
+    "AsyncMemoryStorage",
+    "AsyncStorage",
+    "Hit",
+    "MemoryStorage",
+    "Storage",
+    "StorageBackends",
+    "Usage",
+]
+
+REDIS_SCHEMES = frozenset(
+    {
+        "redis",
+        "rediss",
+        "redis+unix",
+        "redis+cluster",
+        "redis+sentinel",
+        "valkey",
+        "valkeys",
+        "valkey+unix",
+        "valkey+cluster",
+        "valkey+sentinel",
+    }
+)
+
+
+def storage_scheme(uri: str) -> str:
+    if not isinstance(uri, str) or "://" not in uri:
+        raise ConfigurationError(
+            f"invalid storage URI {uri!r}: expected e.g. 'memory://' or 'redis://localhost:6379'"
+        )
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme != "memory" and scheme not in REDIS_SCHEMES:
+        known = ", ".join(["memory", *sorted(REDIS_SCHEMES)])
+        raise ConfigurationError(
+            f"unknown storage scheme {scheme!r} in {uri!r}; supported schemes: {known}"
+        )
+    return scheme
+
+
+class StorageBackends:
+    """The sync and async faces of one storage URI, built on first use.
+
+    Under ASGI the async face is used and under WSGI the sync one; for ``memory://`` both
+    faces share one table, for Redis each face has its own connection pool.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        options: dict[str, Any] | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.uri = uri
+        self.scheme = storage_scheme(uri)
+        self.options = dict(options or {})
+        self.clock = clock
+        self._sync: Storage | None = None
+        self._async: AsyncStorage | None = None
+        if self.scheme == "memory":
+            self._memory = self._build_memory()
+            self._sync = self._memory
+            self._async = AsyncMemoryStorage(self._memory)
+        else:
+            from ratemw.storage import redis as redis_storage
+
+            redis_storage.validate(uri, self.options)
+
+    def _build_memory(self) -> MemoryStorage:
+        query = dict(parse_qsl(urlsplit(self.uri).query))
+        max_keys_text = self.options.pop("max_keys", query.get("max_keys", 100_000))
+        try:
+            max_keys = int(max_keys_text)
+        except (TypeError, ValueError):
+            max_keys = 0
+        if max_keys < 1:
+            raise ConfigurationError(
+                f"invalid max_keys {max_keys_text!r} for memory storage: "
+                "expected a positive integer"
+            )
+        if self.options:
+            raise ConfigurationError(
+                f"unknown memory storage options {sorted(self.options)!r}; known: ['max_keys']"
+            )
+        return MemoryStorage(max_keys=max_keys, clock=self.clock or wall_clock_ms)
+
+    @property
+    def sync(self) -> Storage:
+        if self._sync is None:
+            from ratemw.storage import redis as redis_storage
+
+            self._sync = redis_storage.RedisStorage(self.uri, **self.options)
+        return self._sync
+
+    @property
+    def async_(self) -> AsyncStorage:
+        if self._async is None:
+            from ratemw.storage import redis as redis_storage
+
+            self._async = redis_storage.AsyncRedisStorage(self.uri, **self.options)
+        return self._async

@@ -1,0 +1,85 @@
+"""The seam between the decision core and a storage backend.
+
+A request turns into a batch of ``Hit``s, one per quota that applies to it. A storage answers a
+batch in one atomic step: it checks every hit, consumes all of them only if every enforced hit
+fits (all-or-nothing), and returns one ``Usage`` per hit with the numbers the headers and the
+problem body need. Times are integer milliseconds of the storage's own clock, so that the
+numbers are exact and agree between hosts that share a storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One quota to check for one request.
+
+    ``key`` is the full storage key (identity already hashed); ``enforce`` is false for a
+    shadow limit, whose lack of room is reported but does not refuse the request.
+    """
+
+    key: str
+    amount: int
+    window_ms: int
+    cost: int
+    strategy: str
+    enforce: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one hit found.
+
+    - ``fits``: the quota had room for this request's cost;
+    - ``remaining``: units left after this request (if it was admitted) or now (if not);
+    - ``reset_ms``: milliseconds until the quota is fully restored;
+    - ``wait_ms``: milliseconds until a request of this cost fits (0 when it fits now,
+      ``None`` when the cost can never fit the quota).
+    """
+
+    fits: bool
+    remaining: int
+    reset_ms: int
+    wait_ms: int | None
+
+
+class Storage(Protocol):
+    """A synchronous storage (used under WSGI)."""
+
+    def acquire(self, hits: Sequence[Hit]) -> list[Usage]:
+        """Check all hits and consume them all if every enforced hit fits."""
+        ...
+
+    def peek(self, hits: Sequence[Hit]) -> list[Usage]:
+        """Report the hits' usage without consuming anything."""
+        ...
+
+    def clear(self, key: str) -> None:
+        """Forget one storage key."""
+        ...
+
+    def reset(self) -> None:
+        """Forget everything this storage holds for ratemw."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class AsyncStorage(Protocol):
+    """An asynchronous storage (used under ASGI)."""
+
+    async def acquire(self, hits: Sequence[Hit]) -> list[Usage]: ...
+
+    async def peek(self, hits: Sequence[Hit]) -> list[Usage]: ...
+
+    async def clear(self, key: str) -> None: ...
+
+    async def reset(self) -> None: ...
+
+    async def aclose(self) -> None: ...

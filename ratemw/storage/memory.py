@@ -1,0 +1,145 @@
+"""The embedded in-memory storage (``memory://``).
+
+One process, no server. Bounded: at most ``max_keys`` keys are held; expired keys are swept
+as new ones arrive, and when the table is still full the least recently used key goes first.
+A caller who keeps hammering a limit keeps its key fresh, so a flood of new keys evicts idle
+keys long before it can evict an active one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ratemw.storage._base import Hit, Usage
+from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
+
+DEFAULT_MAX_KEYS = 100_000
+_SWEEP_BATCH = 64
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class MemoryStorage:
+    """Thread-safe in-memory storage serving both WSGI (sync) and ASGI (through its async twin).
+
+    Args:
+        max_keys: how many keys at most are held at once.
+        clock: a callable returning the current time in integer milliseconds
+            (``ratemw.testing.FakeClock`` gives tests a clock they control).
+    """
+
+    def __init__(
+        self, *, max_keys: int = DEFAULT_MAX_KEYS, clock: Callable[[], int] = wall_clock_ms
+    ) -> None:
+        self.max_keys = max_keys
+        self.clock = clock
+        self._data: OrderedDict[str, tuple[Any, int]] = OrderedDict()  # key -> (state, expiry)
+        self._lock = threading.Lock()
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _state(self, key: str, now: int) -> Any:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        state, expiry = entry
+        if expiry <= now:
+            del self._data[key]
+            return None
+        return state
+
+    def _check(self, hits: Sequence[Hit], now: int) -> tuple[list[Any], list[Usage]]:
+        states = [self._state(hit.key, now) for hit in hits]
+        usages = [
+            STRATEGY_IMPLEMENTATIONS[hit.strategy].check(
+                state, now, hit.amount, hit.window_ms, hit.cost
+            )
+            for hit, state in zip(hits, states, strict=True)
+        ]
+        return states, usages
+
+    def acquire(self, hits: Sequence[Hit]) -> list[Usage]:
+        with self._lock:
+            now = self.clock()
+            states, usages = self._check(hits, now)
+            if not all(u.fits for u, h in zip(usages, hits, strict=True) if h.enforce):
+                # Nothing is consumed: report the numbers as they stand.
+                return [_unconsumed(u, h) for u, h in zip(usages, hits, strict=True)]
+            for hit, state, usage in zip(hits, states, usages, strict=True):
+                if usage.fits:
+                    self._store(hit, state, now)
+            return usages
+
+    def peek(self, hits: Sequence[Hit]) -> list[Usage]:
+        with self._lock:
+            _, usages = self._check(hits, self.clock())
+            return [_unconsumed(u, h) for u, h in zip(usages, hits, strict=True)]
+
+    def _store(self, hit: Hit, state: Any, now: int) -> None:
+        strategy = STRATEGY_IMPLEMENTATIONS[hit.strategy]
+        state = strategy.consume(state, now, hit.window_ms, hit.cost)
+        data = self._data
+        data[hit.key] = (state, strategy.expires(state, hit.window_ms))
+        data.move_to_end(hit.key)
+        if len(data) > self.max_keys:
+            self._make_room(now)
+
+    def _make_room(self, now: int) -> None:
+        data = self._data
+        # Least recently used keys sit at the front; most of them have expired.
+        for _ in range(min(_SWEEP_BATCH, len(data))):
+            key, (_, expiry) = next(iter(data.items()))
+            if expiry > now:
+                break
+            del data[key]
+        while len(data) > self.max_keys:
+            data.popitem(last=False)
+            self.evictions += 1
+
+    def clear(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def close(self) -> None:
+        pass
+
+
+def _unconsumed(usage: Usage, hit: Hit) -> Usage:
+    """The usage of a hit that was checked but not consumed."""
+    if not usage.fits:
+        return usage
+    return Usage(True, usage.remaining + hit.cost, usage.reset_ms, 0)
+
+
+class AsyncMemoryStorage:
+    """The async face of a ``MemoryStorage``; both faces share one table."""
+
+    def __init__(self, sync: MemoryStorage) -> None:
+        self.sync = sync
+
+    async def acquire(self, hits: Sequence[Hit]) -> list[Usage]:
+        return self.sync.acquire(hits)
+
+    async def peek(self, hits: Sequence[Hit]) -> list[Usage]:
+        return self.sync.peek(hits)
+
+    async def clear(self, key: str) -> None:
+        self.sync.clear(key)
+
+    async def reset(self) -> None:
+        self.sync.reset()
+
+    async def aclose(self) -> None:
+        pass

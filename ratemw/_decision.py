@@ -108,7 +108,7 @@ def decide(
             window=quota.window,
             remaining=max(usage.remaining, 0),
             reset=reset,
-            violated=violated and enforce,
+            violated=violated,
             shadow=not enforce,
             text=quota.text,
             cost=cost,

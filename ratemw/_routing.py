@@ -32,10 +32,37 @@ def _descend(route: Any, scope: dict[str, Any], prefix: str) -> tuple[Any, str |
     return endpoint, template
 
 
+def _included_router(route: Any, scope: dict[str, Any]) -> tuple[Match, Any, str | None]:
+    """Match inside a router FastAPI includes lazily (``app.include_router``).
+
+    Such a router only says whether it matches; the route it would pick, and that route's
+    full template, come from its ``_match``.
+    """
+    match, child, inner, context = route._match(scope)
+    if match is Match.NONE or inner is None:
+        return Match.NONE, None, None
+    if hasattr(inner, "_match") and hasattr(inner, "original_router"):
+        _, endpoint, template = _included_router(inner, {**scope, **child})
+        return match, endpoint, template
+    starlette_route = getattr(context, "starlette_route", None)
+    template = getattr(starlette_route, "path_format", None) or getattr(
+        context, "path_format", None
+    )
+    return match, getattr(inner, "endpoint", None), template
+
+
 def match_routes(routes: Any, scope: dict[str, Any], prefix: str = "") -> tuple[Any, str | None]:
     """The endpoint and template the router would choose for ``scope`` (or ``None``)."""
     partial: tuple[Any, dict[str, Any]] | None = None
     for route in routes:
+        if hasattr(route, "_match") and hasattr(route, "original_router"):
+            try:
+                match, endpoint, template = _included_router(route, scope)
+            except Exception:
+                continue
+            if match is Match.FULL:
+                return endpoint, prefix + (template or "")
+            continue
         try:
             match, child = route.matches(scope)
         except Exception:  # a route that cannot judge this scope does not match it

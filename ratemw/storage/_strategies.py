@@ -70,7 +70,7 @@ class MovingWindow:
         if used + cost <= amount:
             # Full restore happens when this request's own entry leaves the window.
             return Usage(True, amount - used - cost, window, 0)
-        reset = log[-1][0] + window - now
+        reset = log[-1][0] + window - now if log else 0
         if cost > amount:
             return Usage(False, amount - used, reset, None)
         needed = used + cost - amount

@@ -54,6 +54,8 @@ class MemoryStorage:
         if expiry <= now:
             del self._data[key]
             return None
+        # A refused caller still counts as recent: it must not be the next evicted.
+        self._data.move_to_end(key)
         return state
 
     def _check(self, hits: Sequence[Hit], now: int) -> tuple[list[Any], list[Usage]]:

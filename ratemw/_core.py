@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -88,14 +89,22 @@ class KeyHasher:
         return digest
 
 
+def storage_key(limiter: Limiter, digest: str, bucket: str, quota: Quota) -> str:
+    """The storage key of one quota for one (hashed) identity and bucket.
+
+    The identity's digest is the Redis Cluster hash tag: all of a caller's keys share a slot.
+    """
+    tag = _STRATEGY_TAGS[limiter.strategy]
+    return f"{limiter.key_prefix}:{{{digest}}}:{bucket}:{tag}:{quota.amount}/{quota.window}"
+
+
 def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str) -> Step:
     """Decide one request. A generator: see the module docstring for what it yields."""
+    started = time.perf_counter() if limiter.metrics is not None else 0.0
     policies: list[tuple[str, Quota, int, bool]] = []
     hits: list[Hit] = []
     names: set[str] = set()
     strategy = limiter.strategy
-    tag = _STRATEGY_TAGS[strategy]
-    prefix = limiter.key_prefix
     for group in plan.groups:
         if group.methods is not None and method not in group.methods:
             continue
@@ -143,7 +152,7 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
             policies.append((name, quota, cost, enforce))
             hits.append(
                 Hit(
-                    key=f"{prefix}:{{{digest}}}:{bucket}:{tag}:{quota.amount}/{quota.window}",
+                    key=storage_key(limiter, digest, bucket, quota),
                     amount=quota.amount,
                     window_ms=quota.window_ms,
                     cost=cost,
@@ -161,6 +170,8 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
         result = outcome
     usages: list[Usage] = result
     decision = decide(policies, usages)
+    if limiter.metrics is not None:
+        limiter.metrics.observe(plan.template, decision, time.perf_counter() - started)
     if limiter.on_near_limit is not None:
         yield from _near_limit(limiter, request, decision)
     if decision.shadow_violated:
@@ -196,6 +207,8 @@ def _storage_failed(
     limiter: Limiter, request: Any, hits: list[Hit], error: BaseException
 ) -> Generator[Any, Any, Outcome | list[Usage]]:
     limiter.report_storage_error(error)
+    if limiter.metrics is not None:
+        limiter.metrics.storage_error()
     if not isinstance(error, StorageError):
         wrapped = StorageError(f"storage {limiter.storage_uri_redacted} failed: {error!r}")
         wrapped.__cause__ = error

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ratemw._core import KeyHasher, Plan
-from ratemw._decision import HEADER_MODES
+from ratemw._decision import HEADER_MODES, Decision
 from ratemw._exceptions import ConfigurationError
 from ratemw._groups import CostValue, LimitGroup, LimitValue, check_callable, groups_from
 from ratemw._rules import Rule, check_rules, rule_groups
@@ -22,6 +22,16 @@ T = TypeVar("T")
 logger = logging.getLogger("ratemw")
 
 FAILURE_MODES = ("allow", "deny", "fallback")
+
+
+class Metrics(Protocol):
+    """What the limiter reports to a metrics collector."""
+
+    def observe(self, route: str, decision: Decision, seconds: float) -> None:
+        """One decided request: its route template, the decision and how long it took."""
+
+    def storage_error(self) -> None:
+        """The storage failed once."""
 NO_ROUTE = "<no route>"
 
 
@@ -90,6 +100,8 @@ class Limiter:
         near_limit_ratio: the share of a quota at which ``on_near_limit`` fires (default 0.8).
         clock: a callable returning the time in integer milliseconds (for tests:
             ``ratemw.testing.FakeClock``); used by the memory storage and for epoch headers.
+        metrics: an object with ``observe(route, decision, seconds)`` and ``storage_error()``,
+            such as ``ratemw.metrics.PrometheusMetrics()``.
     """
 
     def __init__(
@@ -112,6 +124,7 @@ class Limiter:
         storage_options: dict[str, Any] | None = None,
         near_limit_ratio: float = 0.8,
         clock: Callable[[], int] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ConfigurationError(
@@ -141,7 +154,9 @@ class Limiter:
         self.storage_uri_redacted = _redact(storage) if isinstance(storage, str) else storage
         self.strategy = strategy
         self.clock_ms: Callable[[], int] = clock or wall_clock_ms
-        self.backends = StorageBackends(storage, options=storage_options, clock=clock)
+        self.backends = StorageBackends(
+            storage, options=storage_options, clock=clock, key_prefix=key_prefix
+        )
         self._fallback: StorageBackends | None = None
         self.key: Callable[[Any], Any] = key or client_ip()
         self.header_modes = _header_modes(headers)
@@ -152,6 +167,7 @@ class Limiter:
         self.on_near_limit = on_near_limit
         self.on_storage_error = on_storage_error
         self.key_prefix = key_prefix
+        self.metrics = metrics
         self.near_limit_ratio_permille = round(near_limit_ratio * 1000)
         self.default_groups = groups_from("default", default_limits)
         self.application_groups = groups_from(

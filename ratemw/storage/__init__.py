@@ -69,8 +69,10 @@ class StorageBackends:
         *,
         options: dict[str, Any] | None = None,
         clock: Callable[[], int] | None = None,
+        key_prefix: str = "ratemw",
     ) -> None:
         self.uri = uri
+        self.key_prefix = key_prefix
         self.scheme = storage_scheme(uri)
         self.options = dict(options or {})
         self.clock = clock
@@ -108,7 +110,9 @@ class StorageBackends:
         if self._sync is None:
             from ratemw.storage import redis as redis_storage
 
-            self._sync = redis_storage.RedisStorage(self.uri, **self.options)
+            self._sync = redis_storage.RedisStorage(
+                self.uri, key_prefix=self.key_prefix, **self.options
+            )
         return self._sync
 
     @property
@@ -116,5 +120,7 @@ class StorageBackends:
         if self._async is None:
             from ratemw.storage import redis as redis_storage
 
-            self._async = redis_storage.AsyncRedisStorage(self.uri, **self.options)
+            self._async = redis_storage.AsyncRedisStorage(
+                self.uri, key_prefix=self.key_prefix, **self.options
+            )
         return self._async

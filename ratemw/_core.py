@@ -1,38 +1,48 @@
 """The decision path shared by the ASGI and WSGI adapters, free of I/O.
 
-``evaluate`` is a generator: it runs the key, cost and limit callables, builds the storage
-hits, and decides. Whenever it needs something it cannot do without I/O it yields, and the
-adapter's driver answers: an awaitable returned by a user's async callable is awaited (ASGI) or
-run to completion (WSGI); a ``StorageCall`` is answered by the async or the sync storage. The
-adapters translate between their protocol and this core; they never decide.
+``evaluate`` and ``settle`` are generators: they run the key, cost and limit callables, build
+the storage hits, and decide. Whenever they need something they cannot do without I/O they
+yield, and the adapter's driver answers: an awaitable returned by a user's async callable is
+awaited (ASGI) or run to completion (WSGI); a ``StorageCall`` is answered by the async or the
+sync storage. The adapters translate between their protocol and this core; they never decide.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import logging
 import time
-from collections.abc import Generator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ratemw._decision import Decision, decide, denial_headers, problem_body, rate_limit_headers
-from ratemw._exceptions import RateLimitExceeded, StorageError
+from ratemw._decision import Decision, decide, rate_limit_headers
+from ratemw._exceptions import StorageError
 from ratemw._groups import LimitGroup
 from ratemw._quota import Quota, parse_quotas
+from ratemw._reporting import call_hook, exceeded_for, near_limit, shadow_breach
 from ratemw.keys import client_ip
-from ratemw.storage._base import Hit, Usage
+from ratemw.storage._base import CONCURRENCY, Hit, Usage
 
 if TYPE_CHECKING:
+    from ratemw._exceptions import RateLimitExceeded
     from ratemw._limiter import Limiter
 
 logger = logging.getLogger("ratemw")
 
 MAX_KEY_LENGTH = 1024
-_STRATEGY_TAGS = {"fixed-window": "fw", "moving-window": "mw", "sliding-window-counter": "sw"}
+_STRATEGY_TAGS = {
+    "fixed-window": "fw",
+    "moving-window": "mw",
+    "sliding-window-counter": "sw",
+    "gcra": "gc",
+    CONCURRENCY: "cc",
+}
 _HASH_CACHE_SIZE = 8192
 FALLBACK_KEY = client_ip()
+_tokens = itertools.count()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +55,20 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class StorageCall:
-    """The core asks its driver to run ``acquire(hits)`` on the storage."""
+    """The core asks its driver to run ``op`` (``acquire``, ``refund`` or ``release``)."""
 
     hits: list[Hit]
+    op: str = "acquire"
+    stamp: int = 0
     fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseInfo:
+    """What ``deduct_when`` callables learn of the response: its status and headers."""
+
+    status_code: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +77,24 @@ class Outcome:
 
     - ``exceeded`` set: refuse with 429 (or the custom handler's response);
     - ``unavailable``: storage failed under ``failure_mode="deny"``: refuse with 503;
-    - otherwise pass the request on, adding ``headers`` to the response.
+    - otherwise pass the request on, adding ``headers`` to the response; when
+      ``needs_settling``, run ``settle`` once the response is over.
     """
 
     headers: list[tuple[str, str]]
     decision: Decision | None = None
     exceeded: RateLimitExceeded | None = None
     unavailable: bool = False
+    release: list[Hit] = field(default_factory=list)
+    refundable: list[tuple[Callable[[ResponseInfo], Any], list[Hit]]] = field(
+        default_factory=list
+    )
+    stamp: int = 0
+    fallback: bool = False
+
+    @property
+    def needs_settling(self) -> bool:
+        return bool(self.release or self.refundable)
 
 
 PASS = Outcome(headers=[])
@@ -89,13 +120,26 @@ class KeyHasher:
         return digest
 
 
+def quota_strategy(limiter: Limiter, quota: Quota) -> str:
+    return CONCURRENCY if quota.concurrent else limiter.strategy
+
+
 def storage_key(limiter: Limiter, digest: str, bucket: str, quota: Quota) -> str:
     """The storage key of one quota for one (hashed) identity and bucket.
 
     The identity's digest is the Redis Cluster hash tag: all of a caller's keys share a slot.
     """
-    tag = _STRATEGY_TAGS[limiter.strategy]
+    strategy = quota_strategy(limiter, quota)
+    tag = _STRATEGY_TAGS.get(strategy, strategy)
     return f"{limiter.key_prefix}:{{{digest}}}:{bucket}:{tag}:{quota.amount}/{quota.window}"
+
+
+def _hit(limiter: Limiter, key: str, quota: Quota, cost: int, enforce: bool) -> Hit:
+    if quota.concurrent:
+        return Hit(key, quota.amount, limiter.concurrency_timeout_ms, 1, CONCURRENCY, enforce,
+                   token=f"{limiter.instance_id}:{next(_tokens)}")
+    return Hit(key, quota.amount, quota.window_ms, cost, limiter.strategy, enforce,
+               burst=quota.burst or 0)
 
 
 def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str) -> Step:
@@ -103,8 +147,8 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
     started = time.perf_counter() if limiter.metrics is not None else 0.0
     policies: list[tuple[str, Quota, int, bool]] = []
     hits: list[Hit] = []
+    refundable: list[tuple[Callable[[ResponseInfo], Any], list[Hit]]] = []
     names: set[str] = set()
-    strategy = limiter.strategy
     for group in plan.groups:
         if group.methods is not None and method not in group.methods:
             continue
@@ -132,7 +176,7 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
                     identity = yield identity
                 identity = str(identity)
         except Exception:
-            identity = _key_failed(limiter, key, request)
+            identity = _key_failed(key, request)
         cost = group.cost
         if not isinstance(cost, int):
             cost = cost(request)
@@ -142,6 +186,7 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
         enforce = not (limiter.shadow if group.shadow is None else group.shadow)
         bucket = group.storage_bucket(plan.template, method)
         digest = limiter.hash_key(identity)
+        group_hits = []
         for quota in quotas:
             name = group.name_prefix + quota.name
             if name in names:
@@ -150,52 +195,69 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
                     name += "-"
             names.add(name)
             policies.append((name, quota, cost, enforce))
-            hits.append(
-                Hit(
-                    key=storage_key(limiter, digest, bucket, quota),
-                    amount=quota.amount,
-                    window_ms=quota.window_ms,
-                    cost=cost,
-                    strategy=strategy,
-                    enforce=enforce,
-                )
-            )
+            group_hits.append(_hit(limiter, storage_key(limiter, digest, bucket, quota), quota,
+                                   cost, enforce))
+        hits.extend(group_hits)
+        if group.deduct_when is not None:
+            refundable.append((group.deduct_when, group_hits))
     if not hits:
         return PASS
+    fallback = False
     result = yield StorageCall(hits)
     if isinstance(result, BaseException):
-        outcome = yield from _storage_failed(limiter, request, hits, result)
-        if not isinstance(outcome, list):
-            return outcome
-        result = outcome
+        failed = yield from _storage_failed(limiter, request, hits, result)
+        if not isinstance(failed, list):
+            return failed
+        result, fallback = failed, True
     usages: list[Usage] = result
     decision = decide(policies, usages)
     if limiter.metrics is not None:
         limiter.metrics.observe(plan.template, decision, time.perf_counter() - started)
     if limiter.on_near_limit is not None:
-        yield from _near_limit(limiter, request, decision)
+        yield from near_limit(limiter, request, decision)
     if decision.shadow_violated:
-        yield from _shadow_breach(limiter, request, decision, method, path)
-    now_s = limiter.clock_ms() // 1000
+        yield from shadow_breach(limiter, request, decision, method, path)
     if decision.allowed:
+        now_s = limiter.clock_ms() // 1000
         headers: list[tuple[str, str]] = []
         for mode in limiter.header_modes:
             headers.extend(rate_limit_headers(decision, mode, now_s))
-        return Outcome(headers=headers, decision=decision)
-    body = problem_body(decision, method, path)
-    exceeded = RateLimitExceeded(
-        decision,
-        method=method,
-        path=path,
-        headers=denial_headers(decision, limiter.header_modes, now_s),
-        body=body,
-    )
+        taken = {id(h) for h, u in zip(hits, usages, strict=True) if u.fits}
+        return Outcome(
+            headers=headers,
+            decision=decision,
+            release=[h for h in hits if id(h) in taken and h.strategy == CONCURRENCY],
+            refundable=[
+                (when, [h for h in group if id(h) in taken and h.strategy != CONCURRENCY])
+                for when, group in refundable
+            ],
+            stamp=usages[0].stamp_ms,
+            fallback=fallback,
+        )
+    exceeded = exceeded_for(limiter, decision, method, path)
     logger.info("rate limit exceeded: %s", exceeded.detail)
     yield from call_hook(limiter.on_breach, request, exceeded)
     return Outcome(headers=[], decision=decision, exceeded=exceeded)
 
 
-def _key_failed(limiter: Limiter, key: Any, request: Any) -> str:
+def settle(limiter: Limiter, outcome: Outcome, response: ResponseInfo) -> Step:
+    """After the response: free concurrency slots, refund what should not count."""
+    if outcome.release:
+        yield StorageCall(outcome.release, op="release", fallback=outcome.fallback)
+    for deduct_when, hits in outcome.refundable:
+        try:
+            keep = deduct_when(response)
+            if inspect.isawaitable(keep):
+                keep = yield keep
+        except Exception:
+            logger.exception("deduct_when %r raised; the request counts", deduct_when)
+            keep = True
+        if not keep and hits:
+            yield StorageCall(hits, op="refund", stamp=outcome.stamp, fallback=outcome.fallback)
+    return PASS
+
+
+def _key_failed(key: Any, request: Any) -> str:
     """A key function that raises must not let the caller escape: count by address."""
     logger.warning(
         "key function %r raised; counting the request by client address", key, exc_info=True
@@ -221,49 +283,3 @@ def _storage_failed(
         if not isinstance(result, BaseException):
             return list(result)
     return PASS
-
-
-def _near_limit(limiter: Limiter, request: Any, decision: Decision) -> Generator[Any, Any, None]:
-    if not decision.allowed:
-        return
-    for policy in decision.policies:
-        threshold = max(1, -(-policy.quota * limiter.near_limit_ratio_permille // 1000))
-        used_after = policy.quota - policy.remaining
-        if used_after - policy.cost < threshold <= used_after:
-            yield from call_hook(limiter.on_near_limit, request, policy)
-
-
-def _shadow_breach(
-    limiter: Limiter, request: Any, decision: Decision, method: str, path: str
-) -> Generator[Any, Any, None]:
-    for policy in decision.shadow_violated:
-        logger.info(
-            "shadow limit exceeded (not enforced): %s on %s %s", policy.text, method, path
-        )
-    shadow = Decision(
-        allowed=False,
-        policies=decision.shadow_violated,
-        retry_after=max((p.reset or 0) for p in decision.shadow_violated) or None,
-    )
-    now_s = limiter.clock_ms() // 1000
-    exceeded = RateLimitExceeded(
-        shadow,
-        method=method,
-        path=path,
-        headers=denial_headers(shadow, limiter.header_modes, now_s),
-        body=problem_body(shadow, method, path),
-    )
-    exceeded.shadow = True  # type: ignore[attr-defined]
-    yield from call_hook(limiter.on_breach, request, exceeded)
-
-
-def call_hook(hook: Any, *args: Any) -> Generator[Any, Any, None]:
-    """Run a user hook; a failing hook is logged and never breaks the request."""
-    if hook is None:
-        return
-    try:
-        result = hook(*args)
-        if inspect.isawaitable(result):
-            yield result
-    except Exception:
-        logger.exception("ratemw hook %r raised; the request goes on", hook)

@@ -111,7 +111,8 @@ def decide(
             violated=violated,
             shadow=not enforce,
             text=quota.text,
-            cost=cost,
+            cost=1 if quota.concurrent else cost,
+            unit="concurrent-requests" if quota.concurrent else "requests",
         )
         if not enforce:
             if violated:
@@ -154,8 +155,9 @@ def rate_limit_headers(decision: Decision, mode: str, now_s: int) -> list[tuple[
         return []
     if mode == "draft-10":
         policy = ", ".join(
-            f"{_sf_string(p.name)};q={p.quota};w={p.window}"
+            f"{_sf_string(p.name)};q={p.quota}"
             + ("" if p.unit == "requests" else f";qu={_sf_string(p.unit)}")
+            + (f";w={p.window}" if p.window else "")
             for p in policies
         )
         state = ", ".join(

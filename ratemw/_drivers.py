@@ -12,11 +12,28 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ratemw._core import Outcome, Step, StorageCall
+from ratemw.storage._base import AsyncStorage, Storage
 
 if TYPE_CHECKING:
     from ratemw._limiter import Limiter
 
 _local = threading.local()
+
+
+def _call_async(storage: AsyncStorage, step: StorageCall) -> Awaitable[Any]:
+    if step.op == "acquire":
+        return storage.acquire(step.hits)
+    if step.op == "refund":
+        return storage.refund(step.hits, step.stamp)
+    return storage.release(step.hits)
+
+
+def _call_sync(storage: Storage, step: StorageCall) -> Any:
+    if step.op == "acquire":
+        return storage.acquire(step.hits)
+    if step.op == "refund":
+        return storage.refund(step.hits, step.stamp)
+    return storage.release(step.hits)
 
 
 async def arun(limiter: Limiter, steps: Step) -> Outcome:
@@ -32,7 +49,7 @@ async def arun(limiter: Limiter, steps: Step) -> Outcome:
         if type(step) is StorageCall:
             storage = limiter.fallback_storage.async_ if step.fallback else limiter.backends.async_
             try:
-                value = await limiter.guard_async(storage.acquire(step.hits))
+                value = await limiter.guard_async(_call_async(storage, step))
             except Exception as exc:  # the core applies the failure mode
                 value = exc
         else:
@@ -63,7 +80,7 @@ def run(limiter: Limiter, steps: Step) -> Outcome:
         if type(step) is StorageCall:
             storage = limiter.fallback_storage.sync if step.fallback else limiter.backends.sync
             try:
-                value = limiter.guard_sync(partial(storage.acquire, step.hits))
+                value = limiter.guard_sync(partial(_call_sync, storage, step))
             except Exception as exc:
                 value = exc
         else:

@@ -49,6 +49,8 @@ class RateLimitExceeded(RatemwError):
     """
 
     status_code = 429
+    #: True when the refusal was only reported (a shadow limit), not enforced.
+    shadow = False
 
     def __init__(
         self,

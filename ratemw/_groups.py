@@ -76,6 +76,7 @@ class LimitGroup:
     exempt_when: Callable[[Any], Any] | None = None
     override_defaults: bool = True
     shadow: bool | None = None
+    deduct_when: Callable[[Any], Any] | None = None
     quotas: tuple[Quota, ...] | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +92,7 @@ class LimitGroup:
             )
         check_callable(self.key, f"{what}: key")
         check_callable(self.exempt_when, f"{what}: exempt_when")
+        check_callable(self.deduct_when, f"{what}: deduct_when")
         if isinstance(self.cost, bool) or not (
             (isinstance(self.cost, int) and self.cost >= 1) or callable(self.cost)
         ):

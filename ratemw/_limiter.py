@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -13,7 +14,9 @@ from ratemw._exceptions import ConfigurationError
 from ratemw._groups import CostValue, LimitGroup, LimitValue, check_callable, groups_from
 from ratemw._rules import Rule, check_rules, rule_groups
 from ratemw.keys import client_ip
-from ratemw.storage import STRATEGIES, StorageBackends
+from ratemw.storage import StorageBackends
+from ratemw.storage._base import CONCURRENCY
+from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
 from ratemw.storage.memory import wall_clock_ms
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,8 +79,9 @@ class Limiter:
     Args:
         storage: a storage URI: ``memory://`` (default), ``redis://host:6379``, ``rediss://``,
             ``redis+unix://``, ``redis+cluster://``, ``redis+sentinel://``, ``valkey://``.
-        strategy: ``"fixed-window"`` (default), ``"moving-window"`` or
-            ``"sliding-window-counter"``.
+        strategy: ``"fixed-window"`` (default), ``"moving-window"``,
+            ``"sliding-window-counter"``, ``"gcra"`` (token bucket; limits may add a burst:
+            ``"10/second burst 20"``), or the name of a strategy you registered.
         default_limits: limits for every route without a limit of its own (counted per route).
         application_limits: limits on every request, counted across all routes.
         key: the key function: who is counted (default ``keys.client_ip()``).
@@ -100,6 +104,8 @@ class Limiter:
         near_limit_ratio: the share of a quota at which ``on_near_limit`` fires (default 0.8).
         clock: a callable returning the time in integer milliseconds (for tests:
             ``ratemw.testing.FakeClock``); used by the memory storage and for epoch headers.
+        concurrency_timeout: seconds after which a concurrency slot (``"5 concurrent"``)
+            that was never released (a crashed worker) lapses.
         metrics: an object with ``observe(route, decision, seconds)`` and ``storage_error()``,
             such as ``ratemw.metrics.PrometheusMetrics()``.
     """
@@ -125,10 +131,14 @@ class Limiter:
         near_limit_ratio: float = 0.8,
         clock: Callable[[], int] | None = None,
         metrics: Metrics | None = None,
+        concurrency_timeout: float = 300.0,
     ) -> None:
-        if strategy not in STRATEGIES:
+        if strategy not in STRATEGY_IMPLEMENTATIONS or strategy == CONCURRENCY:
+            known = [s for s in STRATEGY_IMPLEMENTATIONS if s != CONCURRENCY]
+            raise ConfigurationError(f"unknown strategy {strategy!r}; expected one of {known}")
+        if not (isinstance(concurrency_timeout, int | float) and concurrency_timeout > 0):
             raise ConfigurationError(
-                f"unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}"
+                f"invalid concurrency_timeout {concurrency_timeout!r}: expected seconds > 0"
             )
         if failure_mode not in FAILURE_MODES:
             raise ConfigurationError(
@@ -168,12 +178,14 @@ class Limiter:
         self.on_storage_error = on_storage_error
         self.key_prefix = key_prefix
         self.metrics = metrics
+        self.concurrency_timeout_ms = round(concurrency_timeout * 1000)
+        self.instance_id = uuid.uuid4().hex[:12]
         self.near_limit_ratio_permille = round(near_limit_ratio * 1000)
-        self.default_groups = groups_from("default", default_limits)
-        self.application_groups = groups_from(
-            "application", application_limits, bucket="*", name_prefix="app-"
+        self.default_groups = self._check_groups(groups_from("default", default_limits))
+        self.application_groups = self._check_groups(
+            groups_from("application", application_limits, bucket="*", name_prefix="app-")
         )
-        self.rules = check_rules(rules)
+        self.rules = self.check_rules(rules)
         self.hash_key = KeyHasher()
         self._endpoint_groups: dict[Any, tuple[LimitGroup, ...]] = {}
         self._exempt: set[Any] = set()
@@ -186,6 +198,24 @@ class Limiter:
         )
 
     # -- decorators ---------------------------------------------------------------------------
+
+    def _check_groups(self, groups: tuple[LimitGroup, ...]) -> tuple[LimitGroup, ...]:
+        """Refuse quotas this limiter's strategy cannot count (a burst needs GCRA)."""
+        for group in groups:
+            for quota in group.quotas or ():
+                if quota.burst is not None and self.strategy != "gcra":
+                    raise ConfigurationError(
+                        f"limit {group.limit!r} has a burst, which only strategy='gcra' "
+                        f"counts (this limiter uses {self.strategy!r})"
+                    )
+        return groups
+
+    def check_rules(self, rules: Iterable[Any]) -> tuple[Rule, ...]:
+        """Validate rules for this limiter (also used by the middlewares' ``rules=``)."""
+        checked = check_rules(rules)
+        for rule in checked:
+            self._check_groups(rule.groups)
+        return checked
 
     def _register(self, groups: tuple[LimitGroup, ...]) -> Callable[[F], F]:
         def decorator(endpoint: F) -> F:
@@ -205,6 +235,7 @@ class Limiter:
         exempt_when: Callable[[Any], Any] | None = None,
         override_defaults: bool = True,
         shadow: bool | None = None,
+        deduct_when: Callable[[Any], Any] | None = None,
     ) -> Callable[[F], F]:
         """Limit one route. The endpoint is returned unchanged: no ``request`` parameter needed.
 
@@ -225,9 +256,12 @@ class Limiter:
             override_defaults: when true (default) the limiter's default limits do not apply
                 to this route.
             shadow: report but do not enforce this limit (default: the limiter's ``shadow``).
+            deduct_when: a callable of the response (``status_code``, ``headers``), sync or
+                async; when it returns false the request is refunded once the response is
+                over, e.g. ``lambda r: r.status_code < 500`` so server errors do not count.
         """
         return self._register(
-            groups_from(
+            self._check_groups(groups_from(
                 "route",
                 limit,
                 key=key,
@@ -237,7 +271,8 @@ class Limiter:
                 exempt_when=exempt_when,
                 override_defaults=override_defaults,
                 shadow=shadow,
-            )
+                deduct_when=deduct_when,
+            ))
         )
 
     def shared_limit(
@@ -252,6 +287,7 @@ class Limiter:
         exempt_when: Callable[[Any], Any] | None = None,
         override_defaults: bool = True,
         shadow: bool | None = None,
+        deduct_when: Callable[[Any], Any] | None = None,
     ) -> Callable[[F], F]:
         """Limit several routes together: every route decorated with one ``scope`` shares counts.
 
@@ -266,7 +302,7 @@ class Limiter:
         if not isinstance(scope, str) or not scope:
             raise ConfigurationError(f"invalid shared_limit scope {scope!r}: expected a name")
         return self._register(
-            groups_from(
+            self._check_groups(groups_from(
                 "shared",
                 limit,
                 bucket=scope,
@@ -278,7 +314,8 @@ class Limiter:
                 exempt_when=exempt_when,
                 override_defaults=override_defaults,
                 shadow=shadow,
-            )
+                deduct_when=deduct_when,
+            ))
         )
 
     def exempt(self, endpoint: F) -> F:

@@ -1,13 +1,24 @@
-"""Parsing limit strings such as ``"5/minute;100/hour"`` into quotas."""
+"""Parsing limit strings such as ``"5/minute;100/hour"`` into quotas.
+
+Beyond what ``limits`` parses, two forms are ours:
+
+- ``"10/second burst 20"``: a GCRA (token bucket) rate with a burst capacity of 20;
+- ``"5 concurrent"``: at most 5 requests of a caller in flight at once.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 import limits
 
 from ratemw._exceptions import ConfigurationError
+
+_SEPARATORS = re.compile(r"[,;|]")
+_BURST = re.compile(r"^(?P<rate>.*?)\s+burst\s+(?P<burst>\d+)\s*$", re.IGNORECASE)
+_CONCURRENT = re.compile(r"^\s*(?P<amount>\d+)\s+concurrent(\s+requests?)?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,20 +27,23 @@ class Quota:
 
     ``name`` is the policy name sent in the ``RateLimit`` headers (``"per-minute"``,
     ``"per-5-seconds"``); ``text`` is the spelled-out form used in error details
-    (``"5 requests per 1 minute"``).
+    (``"5 requests per 1 minute"``). ``burst`` is the GCRA burst capacity (``None``: equal to
+    ``amount``). A ``concurrent`` quota counts requests in flight and has no window.
     """
 
     amount: int
     window: int
     name: str
     text: str
+    burst: int | None = None
+    concurrent: bool = False
 
     @property
     def window_ms(self) -> int:
         return self.window * 1000
 
 
-def _quota_from_item(item: limits.RateLimitItem) -> Quota:
+def _quota_from_item(item: limits.RateLimitItem, burst: int | None) -> Quota:
     granularity = item.GRANULARITY.name
     multiples = int(item.multiples)
     amount = int(item.amount)
@@ -40,12 +54,33 @@ def _quota_from_item(item: limits.RateLimitItem) -> Quota:
         name = f"per-{multiples}-{granularity}s"
         span = f"{multiples} {granularity}s"
     unit = "request" if amount == 1 else "requests"
+    text = f"{amount} {unit} per {span}"
+    if burst is not None:
+        text += f" (bursts of {burst})"
     return Quota(
-        amount=amount,
-        window=int(item.get_expiry()),
-        name=name,
-        text=f"{amount} {unit} per {span}",
+        amount=amount, window=int(item.get_expiry()), name=name, text=text, burst=burst
     )
+
+
+def _parse_item(value: str, item: str) -> Quota:
+    concurrent = _CONCURRENT.match(item)
+    if concurrent:
+        amount = int(concurrent["amount"])
+        unit = "request" if amount == 1 else "requests"
+        return Quota(amount, 0, "concurrent", f"{amount} concurrent {unit}", concurrent=True)
+    burst: int | None = None
+    bursting = _BURST.match(item)
+    if bursting:
+        item, burst = bursting["rate"], int(bursting["burst"])
+        if burst < 1:
+            raise ConfigurationError(f"invalid limit {value!r}: a burst must be at least 1")
+    try:
+        return _quota_from_item(limits.parse(item), burst)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"invalid limit {value!r}: {exc}; expected e.g. '5/minute', '10 per 5 seconds', "
+            "'10/second burst 20', '5 concurrent', or several joined by ';'"
+        ) from None
 
 
 @lru_cache(maxsize=1024)
@@ -59,14 +94,10 @@ def parse_quotas(value: str) -> tuple[Quota, ...]:
         raise ConfigurationError(
             f"limit must be a string such as '5/minute', got {value!r} ({type(value).__name__})"
         )
-    try:
-        items = limits.parse_many(value)
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"invalid limit {value!r}: {exc}; expected e.g. '5/minute', '10 per 5 seconds' "
-            "or several joined by ';'"
-        ) from None
-    quotas = tuple(_quota_from_item(item) for item in items)
+    items = [item for item in _SEPARATORS.split(value) if item.strip()]
+    if not items:
+        raise ConfigurationError(f"invalid limit {value!r}: expected e.g. '5/minute'")
+    quotas = tuple(_parse_item(value, item) for item in items)
     for quota in quotas:
         if quota.amount < 1:
             raise ConfigurationError(

@@ -41,7 +41,7 @@ class Rule:
         limit: a limit string (``"100/minute;1000/hour"``) or a callable of the request.
         methods: HTTP methods the rule applies to (all when omitted); ``"WEBSOCKET"`` matches
             WebSocket handshakes.
-        key, cost, per_method, exempt_when, shadow: as for ``Limiter.limit``.
+        key, cost, per_method, exempt_when, shadow, deduct_when: as for ``Limiter.limit``.
     """
 
     def __init__(
@@ -55,6 +55,7 @@ class Rule:
         per_method: bool = False,
         exempt_when: Callable[[Any], Any] | None = None,
         shadow: bool | None = None,
+        deduct_when: Callable[[Any], Any] | None = None,
     ) -> None:
         self.path = path
         self._regex = _compile(path)
@@ -68,6 +69,7 @@ class Rule:
             per_method=per_method,
             exempt_when=exempt_when,
             shadow=shadow,
+            deduct_when=deduct_when,
         )
         self.limit = limit
         self.methods = self.groups[0].methods if self.groups else None

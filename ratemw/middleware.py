@@ -6,16 +6,17 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import anyio
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ratemw._core import Outcome, Plan, evaluate
+from ratemw._core import Outcome, Plan, ResponseInfo, evaluate, settle
 from ratemw._drivers import arun
 from ratemw._exceptions import ConfigurationError, RateLimitExceeded
 from ratemw._limiter import Limiter
 from ratemw._responses import encode_headers, exceeded_response, unavailable_response
 from ratemw._routing import resolve
-from ratemw._rules import Rule, check_rules
+from ratemw._rules import Rule
 
 _PLAN_CACHE_SIZE = 4096
 _POLICY_VIOLATION = 1008
@@ -58,7 +59,7 @@ class RateLimitMiddleware:
             raise ConfigurationError(f"handler must be callable, got {handler!r}")
         self.app = app
         self.limiter = limiter
-        self.rules = check_rules(rules)
+        self.rules = limiter.check_rules(rules)
         self.handler = handler
         self._plans: dict[tuple[str, str, str, str], Plan] = {}
 
@@ -89,6 +90,9 @@ class RateLimitMiddleware:
         if outcome.exceeded is not None or outcome.unavailable:
             await self._refuse(scope, receive, send, request, outcome)
             return
+        if outcome.needs_settling:
+            await self._call_and_settle(scope, receive, send, outcome)
+            return
         if not outcome.headers or scope_type != "http":
             await self.app(scope, receive, send)
             return
@@ -100,6 +104,32 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    async def _call_and_settle(
+        self, scope: Scope, receive: Receive, send: Send, outcome: Outcome
+    ) -> None:
+        """Call the app, then free concurrency slots and settle refunds, whatever happens."""
+        extra = encode_headers(outcome.headers) if scope["type"] == "http" else []
+        # Until the app starts a response, an exception means a 500.
+        response = ResponseInfo(500)
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal response
+            if message["type"] == "http.response.start":
+                raw = message.get("headers", ())
+                response = ResponseInfo(message["status"], _decode(raw))
+                message = {**message, "headers": [*raw, *extra]}
+            elif message["type"] == "websocket.accept":
+                response = ResponseInfo(101)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            info = response
+            # A client that went away cancels the request; the slot must still be freed.
+            with anyio.CancelScope(shield=True):
+                await arun(self.limiter, settle(self.limiter, outcome, info))
 
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, request: Any, outcome: Outcome
@@ -121,6 +151,10 @@ class RateLimitMiddleware:
             await send({"type": "http.response.body", "body": body})
             return
         await _refuse_websocket(scope, receive, send, status, headers, body)
+
+
+def _decode(headers: Any) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
 
 
 async def _refuse_websocket(

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
+STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter", "gcra")
+CONCURRENCY = "concurrency"  # the strategy of "N concurrent" quotas, whatever the limiter's
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +22,9 @@ class Hit:
     """One quota to check for one request.
 
     ``key`` is the full storage key (identity already hashed); ``enforce`` is false for a
-    shadow limit, whose lack of room is reported but does not refuse the request.
+    shadow limit, whose lack of room is reported but does not refuse the request. ``burst``
+    is the GCRA capacity (0: equal to ``amount``); ``token`` names one request's slot of a
+    concurrency quota, and ``window_ms`` is then how long a slot lives if never released.
     """
 
     key: str
@@ -30,6 +33,8 @@ class Hit:
     cost: int
     strategy: str
     enforce: bool = True
+    burst: int = 0
+    token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +45,15 @@ class Usage:
     - ``remaining``: units left after this request (if it was admitted) or now (if not);
     - ``reset_ms``: milliseconds until the quota is fully restored;
     - ``wait_ms``: milliseconds until a request of this cost fits (0 when it fits now,
-      ``None`` when the cost can never fit the quota).
+      ``None`` when the cost can never fit the quota);
+    - ``stamp_ms``: the storage's time of the decision (what a refund needs to find it).
     """
 
     fits: bool
     remaining: int
     reset_ms: int
     wait_ms: int | None
+    stamp_ms: int = 0
 
 
 class Storage(Protocol):
@@ -58,6 +65,14 @@ class Storage(Protocol):
 
     def peek(self, hits: Sequence[Hit]) -> list[Usage]:
         """Report the hits' usage without consuming anything."""
+        ...
+
+    def refund(self, hits: Sequence[Hit], stamp_ms: int) -> None:
+        """Give back what ``acquire`` took at ``stamp_ms`` (a response that does not count)."""
+        ...
+
+    def release(self, hits: Sequence[Hit]) -> None:
+        """Free the concurrency slots named by the hits' tokens."""
         ...
 
     def clear(self, key: str) -> None:
@@ -77,6 +92,10 @@ class AsyncStorage(Protocol):
     async def acquire(self, hits: Sequence[Hit]) -> list[Usage]: ...
 
     async def peek(self, hits: Sequence[Hit]) -> list[Usage]: ...
+
+    async def refund(self, hits: Sequence[Hit], stamp_ms: int) -> None: ...
+
+    async def release(self, hits: Sequence[Hit]) -> None: ...
 
     async def clear(self, key: str) -> None: ...
 

@@ -1,24 +1,42 @@
 """The strategies' arithmetic, on integer milliseconds, free of I/O.
 
-The in-memory storage calls these directly; the Redis scripts implement the same arithmetic
-line for line, so both storages give the same answers. Each strategy keeps a small mutable
-state per key and offers:
+The in-memory storage calls these directly; the Redis script implements the same arithmetic
+line for line, so both storages give the same answers. A strategy keeps a small state per key
+and offers:
 
-- ``check(state, now, amount, window, cost) -> Usage`` (with ``remaining`` as if consumed),
-- ``consume(state, now, window, cost) -> state``,
-- ``expires(state, window) -> ms`` after which the state can be dropped.
+- ``check(state, now, hit) -> Usage``: does the hit fit (``remaining`` as if consumed);
+- ``consume(state, now, hit) -> state``;
+- ``refund(state, now, hit, stamp) -> state``: give back what a hit consumed at ``stamp``;
+- ``expires(state, hit) -> ms``: when the state can be dropped.
+
+``Strategy`` is the public protocol; ``register_strategy`` adds one of your own.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
-from ratemw.storage._base import Usage
+from ratemw._exceptions import ConfigurationError
+from ratemw.storage._base import CONCURRENCY, STRATEGIES, Hit, Usage
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+class Strategy(Protocol):
+    """How one kind of quota counts, for the memory storage.
+
+    A strategy for Redis also provides ``lua``: Lua source defining ``check_<tag>`` and
+    ``consume_<tag>`` with the signatures of the built-in ones in ``acquire.lua``.
+    """
+
+    name: str
+
+    def check(self, state: Any, now: int, hit: Hit) -> Usage: ...
+
+    def consume(self, state: Any, now: int, hit: Hit) -> Any: ...
+
+    def refund(self, state: Any, now: int, hit: Hit, stamp: int) -> Any: ...
+
+    def expires(self, state: Any, hit: Hit) -> int: ...
 
 
 class FixedWindow:
@@ -27,29 +45,33 @@ class FixedWindow:
     name = "fixed-window"
 
     @staticmethod
-    def fresh(now: int, window: int) -> list[int]:
-        return [0, now + window]  # count, window end
-
-    def current(self, state: list[int] | None, now: int, window: int) -> list[int]:
+    def current(state: list[int] | None, now: int, window: int) -> list[int]:
         if state is None or now >= state[1]:
-            return self.fresh(now, window)
+            return [0, now + window]  # count, window end
         return state
 
-    def check(self, state: Any, now: int, amount: int, window: int, cost: int) -> Usage:
-        count, end = self.current(state, now, window)
+    def check(self, state: Any, now: int, hit: Hit) -> Usage:
+        amount, cost = hit.amount, hit.cost
+        count, end = self.current(state, now, hit.window_ms)
         reset = end - now
         if count + cost <= amount:
-            return Usage(True, amount - count - cost, reset, 0)
+            return Usage(True, amount - count - cost, reset, 0, now)
         wait = None if cost > amount else reset
-        return Usage(False, amount - count, reset, wait)
+        return Usage(False, amount - count, reset, wait, now)
 
-    def consume(self, state: Any, now: int, window: int, cost: int) -> list[int]:
-        current = self.current(state, now, window)
-        current[0] += cost
+    def consume(self, state: Any, now: int, hit: Hit) -> list[int]:
+        current = self.current(state, now, hit.window_ms)
+        current[0] += hit.cost
         return current
 
+    def refund(self, state: Any, now: int, hit: Hit, stamp: int) -> Any:
+        # Only the window the hit was counted in can give it back.
+        if state is not None and now < state[1] and stamp >= state[1] - hit.window_ms:
+            state[0] = max(state[0] - hit.cost, 0)
+        return state
+
     @staticmethod
-    def expires(state: list[int], window: int) -> int:
+    def expires(state: list[int], hit: Hit) -> int:
         return state[1]
 
 
@@ -59,37 +81,43 @@ class MovingWindow:
     name = "moving-window"
 
     @staticmethod
-    def _trim(state: deque[tuple[int, int]], now: int, window: int) -> int:
-        while state and state[0][0] <= now - window:
-            state.popleft()
-        return sum(cost for _, cost in state)
+    def _trim(log: deque[tuple[int, int]], now: int, window: int) -> int:
+        while log and log[0][0] <= now - window:
+            log.popleft()
+        return sum(cost for _, cost in log)
 
-    def check(self, state: Any, now: int, amount: int, window: int, cost: int) -> Usage:
+    def check(self, state: Any, now: int, hit: Hit) -> Usage:
+        amount, window, cost = hit.amount, hit.window_ms, hit.cost
         log: deque[tuple[int, int]] = state if state is not None else deque()
         used = self._trim(log, now, window)
         if used + cost <= amount:
             # Full restore happens when this request's own entry leaves the window.
-            return Usage(True, amount - used - cost, window, 0)
+            return Usage(True, amount - used - cost, window, 0, now)
         reset = log[-1][0] + window - now if log else 0
         if cost > amount:
-            return Usage(False, amount - used, reset, None)
+            return Usage(False, amount - used, reset, None, now)
         needed = used + cost - amount
         freed = 0
         for stamp, hit_cost in log:
             freed += hit_cost
             if freed >= needed:
-                return Usage(False, amount - used, reset, stamp + window - now)
+                return Usage(False, amount - used, reset, stamp + window - now, now)
         raise AssertionError("unreachable: the whole log frees enough")  # pragma: no cover
 
-    def consume(self, state: Any, now: int, window: int, cost: int) -> deque[tuple[int, int]]:
+    def consume(self, state: Any, now: int, hit: Hit) -> deque[tuple[int, int]]:
         log: deque[tuple[int, int]] = state if state is not None else deque()
-        self._trim(log, now, window)
-        log.append((now, cost))
+        self._trim(log, now, hit.window_ms)
+        log.append((now, hit.cost))
         return log
 
+    def refund(self, state: Any, now: int, hit: Hit, stamp: int) -> Any:
+        if state is not None and (stamp, hit.cost) in state:
+            state.remove((stamp, hit.cost))
+        return state
+
     @staticmethod
-    def expires(state: deque[tuple[int, int]], window: int) -> int:
-        return state[-1][0] + window if state else 0
+    def expires(state: deque[tuple[int, int]], hit: Hit) -> int:
+        return state[-1][0] + hit.window_ms if state else 0
 
 
 class SlidingWindowCounter:
@@ -113,31 +141,30 @@ class SlidingWindowCounter:
             return [start, state[2], 0]
         return [start, 0, 0]
 
-    def check(self, state: Any, now: int, amount: int, window: int, cost: int) -> Usage:
+    def check(self, state: Any, now: int, hit: Hit) -> Usage:
+        amount, window, cost = hit.amount, hit.window_ms, hit.cost
         start, prev, curr = self.current(state, now, window)
         elapsed = now - start
         weighted = prev * (window - elapsed) + curr * window  # scaled by window
         room = amount * window - weighted  # scaled by window
-        after = curr + cost
         # Full restore: the current count stops weighing at the end of the next window.
-        if after > 0:
+        if curr + cost > 0:
             reset = start + 2 * window - now
         elif prev > 0:
             reset = start + window - now
         else:
             reset = 0
         if cost * window <= room:
-            return Usage(True, (room - cost * window) // window, reset, 0)
+            return Usage(True, (room - cost * window) // window, reset, 0, now)
         remaining = max(room, 0) // window
         if cost > amount:
-            return Usage(False, remaining, reset, None)
-        wait = self._wait(start, prev, curr, now, amount, window, cost)
-        return Usage(False, remaining, reset, wait)
+            return Usage(False, remaining, reset, None, now)
+        wait = self._wait(start, prev, curr, now, hit)
+        return Usage(False, remaining, reset, wait, now)
 
     @staticmethod
-    def _wait(
-        start: int, prev: int, curr: int, now: int, amount: int, window: int, cost: int
-    ) -> int:
+    def _wait(start: int, prev: int, curr: int, now: int, hit: Hit) -> int:
+        amount, window, cost = hit.amount, hit.window_ms, hit.cost
         # Still inside the current window: prev * (W - e) <= (amount - curr - cost) * W.
         spare = amount - curr - cost
         if spare >= 0 and prev > 0:
@@ -151,16 +178,126 @@ class SlidingWindowCounter:
         elapsed_needed = max(window - ((amount - cost) * window) // curr, 0)
         return next_start + elapsed_needed - now
 
-    def consume(self, state: Any, now: int, window: int, cost: int) -> list[int]:
-        current = self.current(state, now, window)
-        current[2] += cost
+    def consume(self, state: Any, now: int, hit: Hit) -> list[int]:
+        current = self.current(state, now, hit.window_ms)
+        current[2] += hit.cost
         return current
 
+    def refund(self, state: Any, now: int, hit: Hit, stamp: int) -> Any:
+        if state is not None and state[0] == stamp - stamp % hit.window_ms:
+            state[2] = max(state[2] - hit.cost, 0)
+        return state
+
     @staticmethod
-    def expires(state: list[int], window: int) -> int:
-        return state[0] + 2 * window
+    def expires(state: list[int], hit: Hit) -> int:
+        return state[0] + 2 * hit.window_ms
 
 
-STRATEGY_IMPLEMENTATIONS: dict[str, FixedWindow | MovingWindow | SlidingWindowCounter] = {
-    s.name: s for s in (FixedWindow(), MovingWindow(), SlidingWindowCounter())
+class GCRA:
+    """The generic cell rate algorithm: a token bucket without a background refill.
+
+    One unit is emitted every ``window / amount`` ms and at most ``burst`` units fit at once.
+    The state is the theoretical arrival time ``tat``, kept exactly as ``tat_ms`` plus
+    ``rem / amount`` ms. The backlog ``tat - now`` is measured in 1/amount ms, where one
+    unit of cost is ``window`` long and the capacity is ``burst * window``.
+    """
+
+    name = "gcra"
+
+    @staticmethod
+    def backlog(state: list[int] | None, now: int, amount: int) -> int:
+        if state is None:
+            return 0
+        tat_ms, rem = state
+        return max((tat_ms - now) * amount + rem, 0)
+
+    def check(self, state: Any, now: int, hit: Hit) -> Usage:
+        amount, window, cost = hit.amount, hit.window_ms, hit.cost
+        burst = hit.burst or amount
+        capacity = burst * window
+        backlog = self.backlog(state, now, amount)
+        after = backlog + cost * window
+        if after <= capacity:
+            return Usage(True, (capacity - after) // window, -(-after // amount), 0, now)
+        remaining = (capacity - backlog) // window
+        reset = -(-backlog // amount)
+        if cost > burst:
+            return Usage(False, remaining, reset, None, now)
+        return Usage(False, remaining, reset, -(-(after - capacity) // amount), now)
+
+    def consume(self, state: Any, now: int, hit: Hit) -> list[int]:
+        after = self.backlog(state, now, hit.amount) + hit.cost * hit.window_ms
+        return [now + after // hit.amount, after % hit.amount]
+
+    def refund(self, state: Any, now: int, hit: Hit, stamp: int) -> Any:
+        if state is None:
+            return state
+        left = max(self.backlog(state, now, hit.amount) - hit.cost * hit.window_ms, 0)
+        return [now + left // hit.amount, left % hit.amount]
+
+    @staticmethod
+    def expires(state: list[int], hit: Hit) -> int:
+        return state[0] + 1
+
+
+class Concurrency:
+    """At most ``amount`` requests in flight; each holds a slot named by its token.
+
+    A slot that is never released (a crashed worker) lapses after ``window_ms``.
+    """
+
+    name = CONCURRENCY
+
+    @staticmethod
+    def live(state: dict[str, int] | None, now: int) -> dict[str, int]:
+        if state is None:
+            return {}
+        for token in [t for t, until in state.items() if until <= now]:
+            del state[token]
+        return state
+
+    def check(self, state: Any, now: int, hit: Hit) -> Usage:
+        in_flight = len(self.live(state, now))
+        if in_flight + 1 <= hit.amount:
+            return Usage(True, hit.amount - in_flight - 1, 0, 0, now)
+        # When a slot frees is up to the requests in flight; ask again in a second.
+        return Usage(False, hit.amount - in_flight, 0, 1000, now)
+
+    def consume(self, state: Any, now: int, hit: Hit) -> dict[str, int]:
+        slots = self.live(state, now)
+        slots[hit.token] = now + hit.window_ms
+        return slots
+
+    def refund(self, state: Any, now: int, hit: Hit, stamp: int) -> Any:
+        if state is not None:
+            state.pop(hit.token, None)
+        return state
+
+    @staticmethod
+    def expires(state: dict[str, int], hit: Hit) -> int:
+        return max(state.values(), default=0)
+
+
+STRATEGY_IMPLEMENTATIONS: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        FixedWindow(),
+        MovingWindow(),
+        SlidingWindowCounter(),
+        GCRA(),
+        Concurrency(),
+    )
 }
+
+
+def register_strategy(strategy: Strategy) -> None:
+    """Make a strategy of your own available as ``Limiter(strategy=strategy.name)``."""
+    name = getattr(strategy, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"a strategy needs a non-empty string name, got {name!r}")
+    for method in ("check", "consume", "refund", "expires"):
+        if not callable(getattr(strategy, method, None)):
+            raise ConfigurationError(f"strategy {name!r} has no {method}() method")
+    if name in STRATEGIES or name == CONCURRENCY:
+        raise ConfigurationError(f"strategy name {name!r} is taken by a built-in strategy")
+    STRATEGY_IMPLEMENTATIONS[name] = strategy

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ratemw.storage._base import Hit, Usage
+from ratemw.storage._base import CONCURRENCY, Hit, Usage
 from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
 
 DEFAULT_MAX_KEYS = 100_000
@@ -61,9 +61,7 @@ class MemoryStorage:
     def _check(self, hits: Sequence[Hit], now: int) -> tuple[list[Any], list[Usage]]:
         states = [self._state(hit.key, now) for hit in hits]
         usages = [
-            STRATEGY_IMPLEMENTATIONS[hit.strategy].check(
-                state, now, hit.amount, hit.window_ms, hit.cost
-            )
+            STRATEGY_IMPLEMENTATIONS[hit.strategy].check(state, now, hit)
             for hit, state in zip(hits, states, strict=True)
         ]
         return states, usages
@@ -85,11 +83,24 @@ class MemoryStorage:
             _, usages = self._check(hits, self.clock())
             return [_unconsumed(u, h) for u, h in zip(usages, hits, strict=True)]
 
+    def refund(self, hits: Sequence[Hit], stamp_ms: int) -> None:
+        with self._lock:
+            now = self.clock()
+            for hit in hits:
+                state = self._state(hit.key, now)
+                if state is not None:
+                    strategy = STRATEGY_IMPLEMENTATIONS[hit.strategy]
+                    state = strategy.refund(state, now, hit, stamp_ms)
+                    self._data[hit.key] = (state, strategy.expires(state, hit))
+
+    def release(self, hits: Sequence[Hit]) -> None:
+        self.refund(hits, 0)
+
     def _store(self, hit: Hit, state: Any, now: int) -> None:
         strategy = STRATEGY_IMPLEMENTATIONS[hit.strategy]
-        state = strategy.consume(state, now, hit.window_ms, hit.cost)
+        state = strategy.consume(state, now, hit)
         data = self._data
-        data[hit.key] = (state, strategy.expires(state, hit.window_ms))
+        data[hit.key] = (state, strategy.expires(state, hit))
         data.move_to_end(hit.key)
         if len(data) > self.max_keys:
             self._make_room(now)
@@ -122,7 +133,8 @@ def _unconsumed(usage: Usage, hit: Hit) -> Usage:
     """The usage of a hit that was checked but not consumed."""
     if not usage.fits:
         return usage
-    return Usage(True, usage.remaining + hit.cost, usage.reset_ms, 0)
+    units = 1 if hit.strategy == CONCURRENCY else hit.cost
+    return Usage(True, usage.remaining + units, usage.reset_ms, 0, usage.stamp_ms)
 
 
 class AsyncMemoryStorage:
@@ -136,6 +148,12 @@ class AsyncMemoryStorage:
 
     async def peek(self, hits: Sequence[Hit]) -> list[Usage]:
         return self.sync.peek(hits)
+
+    async def refund(self, hits: Sequence[Hit], stamp_ms: int) -> None:
+        self.sync.refund(hits, stamp_ms)
+
+    async def release(self, hits: Sequence[Hit]) -> None:
+        self.sync.release(hits)
 
     async def clear(self, key: str) -> None:
         self.sync.clear(key)

@@ -38,6 +38,13 @@ def admitted_within_limit(strategy: str, admitted: list[tuple[int, int]]) -> Non
         for t, _ in admitted:
             used = sum(c for s, c in admitted if t - WINDOW_MS < s <= t)
             assert used <= AMOUNT
+    elif strategy == "gcra":
+        # Token-bucket conformance: over any span, at most burst + span * rate units.
+        for a, _ in admitted:
+            for b, _ in admitted:
+                if a <= b:
+                    units = sum(c for s, c in admitted if a <= s <= b)
+                    assert units * WINDOW_MS <= AMOUNT * WINDOW_MS + (b - a) * AMOUNT
     elif strategy == "fixed-window":
         # Windows start at the first hit after the previous one ended.
         end = None
@@ -129,3 +136,63 @@ def test_sliding_counter_weighs_the_previous_window() -> None:
     assert not usage.fits
     # Needs prev weight <= 5 - 1 - 1 = 3 units: 5 * (10 - e) / 10 <= 3  ->  e >= 4 s.
     assert usage.wait_ms == 1_500
+
+
+def test_gcra_burst_and_steady_rate() -> None:
+    clock = FakeClock()
+    storage = MemoryStorage(clock=clock)
+    bursty = Hit(key="g", amount=5, window_ms=WINDOW_MS, cost=1, strategy="gcra", burst=8)
+    assert [storage.acquire([bursty])[0].fits for _ in range(9)] == [True] * 8 + [False]
+    [denied] = storage.acquire([bursty])
+    assert denied.wait_ms == 2_000  # one unit every 10 s / 5 = 2 s
+    clock.advance(2)
+    assert storage.acquire([bursty])[0].fits
+    assert not storage.acquire([bursty])[0].fits
+
+
+def test_gcra_cost_above_burst_never_fits() -> None:
+    storage = MemoryStorage(clock=FakeClock())
+    hit_ = Hit(key="g", amount=5, window_ms=WINDOW_MS, cost=9, strategy="gcra", burst=8)
+    [usage] = storage.acquire([hit_])
+    assert not usage.fits and usage.wait_ms is None
+
+
+def test_gcra_uneven_emission_interval_is_exact() -> None:
+    clock = FakeClock()
+    storage = MemoryStorage(clock=clock)
+    thirds = Hit(key="g", amount=3, window_ms=1_000, cost=1, strategy="gcra", burst=1)
+    assert storage.acquire([thirds])[0].fits
+    [denied] = storage.acquire([thirds])
+    assert denied.wait_ms == 334  # 333.33 ms, rounded up
+    clock.advance(0.333)
+    assert not storage.acquire([thirds])[0].fits
+    clock.advance(0.001)
+    assert storage.acquire([thirds])[0].fits
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_refund_gives_back_what_was_taken(strategy: str) -> None:
+    clock = FakeClock(start=1_800_000_000.0)
+    storage = MemoryStorage(clock=clock)
+    taken = storage.acquire([hit(strategy, cost=2)])[0]
+    clock.advance(0.5)
+    storage.refund([hit(strategy, cost=2)], taken.stamp_ms)
+    assert storage.peek([hit(strategy)])[0].remaining == AMOUNT
+
+
+def test_concurrency_slots_are_released_and_lapse() -> None:
+    clock = FakeClock()
+    storage = MemoryStorage(clock=clock)
+
+    def slot(token: str) -> Hit:
+        return Hit(key="c", amount=2, window_ms=30_000, cost=1, strategy="concurrency",
+                   token=token)
+
+    assert storage.acquire([slot("a")])[0].fits
+    assert storage.acquire([slot("b")])[0].remaining == 0
+    refused = storage.acquire([slot("c")])[0]
+    assert not refused.fits and refused.wait_ms == 1_000
+    storage.release([slot("a")])
+    assert storage.acquire([slot("c")])[0].fits
+    clock.advance(30)  # slots of a crashed worker lapse
+    assert storage.acquire([slot("d")])[0].remaining == 1

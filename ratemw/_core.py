@@ -268,7 +268,6 @@ def _key_failed(key: Any, request: Any) -> str:
 def _storage_failed(
     limiter: Limiter, request: Any, hits: list[Hit], error: BaseException
 ) -> Generator[Any, Any, Outcome | list[Usage]]:
-    limiter.report_storage_error(error)
     if limiter.metrics is not None:
         limiter.metrics.storage_error()
     if not isinstance(error, StorageError):

@@ -47,9 +47,12 @@ async def arun(limiter: Limiter, steps: Step) -> Outcome:
             return stop.value  # type: ignore[no-any-return]
         value = error = None
         if type(step) is StorageCall:
-            storage = limiter.fallback_storage.async_ if step.fallback else limiter.backends.async_
             try:
-                value = await limiter.guard_async(_call_async(storage, step))
+                if step.fallback:
+                    value = await _call_async(limiter.fallback_storage.async_, step)
+                else:
+                    storage = limiter.backends.async_
+                    value = await limiter.guard_async(partial(_call_async, storage, step))
             except Exception as exc:  # the core applies the failure mode
                 value = exc
         else:
@@ -78,9 +81,12 @@ def run(limiter: Limiter, steps: Step) -> Outcome:
             return stop.value  # type: ignore[no-any-return]
         value = error = None
         if type(step) is StorageCall:
-            storage = limiter.fallback_storage.sync if step.fallback else limiter.backends.sync
             try:
-                value = limiter.guard_sync(partial(_call_sync, storage, step))
+                if step.fallback:
+                    value = _call_sync(limiter.fallback_storage.sync, step)
+                else:
+                    storage = limiter.backends.sync
+                    value = limiter.guard_sync(partial(_call_sync, storage, step))
             except Exception as exc:
                 value = exc
         else:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from ratemw._breaker import CircuitBreaker
 from ratemw._core import KeyHasher, Plan
 from ratemw._decision import HEADER_MODES, Decision
 from ratemw._exceptions import ConfigurationError
@@ -106,6 +107,8 @@ class Limiter:
             ``ratemw.testing.FakeClock``); used by the memory storage and for epoch headers.
         concurrency_timeout: seconds after which a concurrency slot (``"5 concurrent"``)
             that was never released (a crashed worker) lapses.
+        breaker: circuit breaker settings: ``threshold`` (consecutive failures that open it,
+            default 3), ``backoff`` (seconds it first stays open, 0.5), ``max_backoff`` (15).
         metrics: an object with ``observe(route, decision, seconds)`` and ``storage_error()``,
             such as ``ratemw.metrics.PrometheusMetrics()``.
     """
@@ -132,6 +135,7 @@ class Limiter:
         clock: Callable[[], int] | None = None,
         metrics: Metrics | None = None,
         concurrency_timeout: float = 300.0,
+        breaker: dict[str, Any] | None = None,
     ) -> None:
         if strategy not in STRATEGY_IMPLEMENTATIONS or strategy == CONCURRENCY:
             known = [s for s in STRATEGY_IMPLEMENTATIONS if s != CONCURRENCY]
@@ -189,7 +193,7 @@ class Limiter:
         self.hash_key = KeyHasher()
         self._endpoint_groups: dict[Any, tuple[LimitGroup, ...]] = {}
         self._exempt: set[Any] = set()
-        self._storage_failing = False
+        self.breaker = CircuitBreaker(name=self.storage_uri_redacted, **(breaker or {}))
 
     def __repr__(self) -> str:
         return (
@@ -356,31 +360,27 @@ class Limiter:
             self._fallback = StorageBackends("memory://", clock=self.clock_ms)
         return self._fallback
 
-    async def guard_async(self, acquiring: Awaitable[T]) -> T:
-        result = await acquiring
-        self._recovered()
+    async def guard_async(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Ask the async storage through the circuit breaker."""
+        self.breaker.before()
+        try:
+            result = await call()
+        except Exception as exc:
+            self.breaker.failure(exc)
+            raise
+        self.breaker.success()
         return result
 
-    def guard_sync(self, acquire: Callable[[], T]) -> T:
-        result = acquire()
-        self._recovered()
+    def guard_sync(self, call: Callable[[], T]) -> T:
+        """Ask the sync storage through the circuit breaker."""
+        self.breaker.before()
+        try:
+            result = call()
+        except Exception as exc:
+            self.breaker.failure(exc)
+            raise
+        self.breaker.success()
         return result
-
-    def _recovered(self) -> None:
-        if self._storage_failing:
-            self._storage_failing = False
-            logger.warning("storage %s is answering again", self.storage_uri_redacted)
-
-    def report_storage_error(self, error: BaseException) -> None:
-        """Log a storage failure once per incident, not once per request."""
-        if not self._storage_failing:
-            self._storage_failing = True
-            logger.error(
-                "storage %s failed (%r); failure_mode=%r applies until it recovers",
-                self.storage_uri_redacted,
-                error,
-                self.failure_mode,
-            )
 
     def reset(self) -> None:
         """Forget every count (sync storage; for tests and admin tasks)."""

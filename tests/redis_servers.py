@@ -25,19 +25,17 @@ fixtures skip the test -- unless the environment variable ``CI`` is ``true``,
 then they fail it (see :func:`require_redis_binaries`).
 
 Processes are stopped by the fixture finalizers, by an ``atexit`` handler and,
-on Linux, by the kernel if the Python process dies (``PR_SET_PDEATHSIG``).
+on Linux, by the kernel if the Python process dies (``setpriv --pdeathsig KILL``).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
+import functools
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -47,7 +45,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any, Literal, TypeVar, cast, final
 
 import pytest
 import redis
@@ -160,35 +158,26 @@ def _cleanup_at_exit() -> None:
 atexit.register(_cleanup_at_exit)
 
 
-def _load_libc_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    return cast("Callable[..., int]", libc.prctl)
+@functools.cache
+def _pdeathsig_prefix() -> tuple[str, ...]:
+    """``setpriv --pdeathsig KILL`` (util-linux), if available.
 
-
-_PRCTL = _load_libc_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _child_preexec(parent_pid: int) -> Callable[[], None]:
-    """Ask the kernel to SIGKILL the child when the parent goes away.
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only
-    used for processes spawned from the main thread.
+    The kernel then SIGKILLs the server when the Python process dies, even
+    by SIGKILL (no atexit).  The signal fires when the *thread* that forked
+    exits, so it is only used for processes spawned from the main thread.
     """
-    prctl = _PRCTL
-
-    def preexec() -> None:
-        if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent_pid:  # parent already gone
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
+    if not sys.platform.startswith("linux"):
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
+    try:
+        usage = subprocess.run(
+            [setpriv, "--help"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (setpriv, "--pdeathsig", "KILL") if "--pdeathsig" in usage else ()
 
 
 # --------------------------------------------------------------------------
@@ -335,6 +324,7 @@ def _parse_info_text(text: str) -> dict[str, str]:
 # --------------------------------------------------------------------------
 
 
+@final
 class RedisServer:
     """One ``redis-server`` process (plain, cluster node or sentinel).
 
@@ -360,12 +350,15 @@ class RedisServer:
         self._cluster_bus = cluster_bus
         self._auto_port = port is None
         self._port = port if port is not None else find_free_port(cluster_bus=cluster_bus)
-        self._config_lines = list(config_lines)
+        # written to the config file before the first start; may be changed
+        # until then (e.g. to point at a master whose port is known only later)
+        self.config_lines = list(config_lines)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_session_dir()))
         self.config_path = self.dir / ("sentinel.conf" if sentinel else "redis.conf")
         self.log_path = self.dir / "redis.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self._log_offset = 0
         self._admin_client: redis.Redis | None = None
         self._admin_commands = 0
         self._started_once = False
@@ -401,21 +394,20 @@ class RedisServer:
         """Launch the process and wait until it answers PING (and is ours)."""
         if self.is_running():
             raise RedisServerError(f"{self!r} is already running")
+        self._discard_process()  # a crashed process of ours, if any
         # a port picked by us may have been taken by someone else meanwhile;
         # before the first successful start we can still move to another one
         attempts = 5 if self._auto_port and not self._started_once else 1
         for attempt in range(attempts):
-            if not self._started_once:
-                self._write_config()
-            self._spawn()
             try:
+                if not self._started_once:
+                    self._write_config()
+                self._spawn()
                 self._wait_ready(timeout)
             except _AddressInUse:
                 self._discard_process()
                 if attempt + 1 == attempts:
                     raise
-                with _LOCK:
-                    _RESERVED_PORTS.discard(self._port)
                 self._port = find_free_port(cluster_bus=self._cluster_bus)
                 continue
             except BaseException:
@@ -478,10 +470,10 @@ class RedisServer:
                 f'dir "{self.dir}"',
                 "loglevel warning",
                 "daemonize no",
-                *self._config_lines,
+                *self.config_lines,
             ]
         else:
-            lines = list(self._config_lines)
+            lines = list(self.config_lines)
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def _command_line(self) -> list[str]:
@@ -501,18 +493,21 @@ class RedisServer:
         return argv
 
     def _spawn(self) -> None:
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in _discard_process
+        # closed in _discard_process
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115
+        self._log_offset = self._log_file.tell()
         self._log_file.write(f"\n=== starting on port {self.port} ===\n".encode())
         self._log_file.flush()
         in_main_thread = threading.current_thread() is threading.main_thread()
+        prefix = _pdeathsig_prefix() if in_main_thread else ()
         proc = subprocess.Popen(
-            self._command_line(),
+            [*prefix, *self._command_line()],
             cwd=self.dir,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C in the terminal must not kill it mid-teardown
-            preexec_fn=_child_preexec(os.getpid()) if in_main_thread else None,  # noqa: PLW1509
+            # own session: a Ctrl-C in the terminal must not kill it mid-teardown
+            start_new_session=True,
         )
         with _LOCK:
             _LIVE_PROCESSES.add(proc)
@@ -535,9 +530,13 @@ class RedisServer:
             self._log_file.close()
             self._log_file = None
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log_tail(self, lines: int = 30, *, current_process_only: bool = False) -> str:
+        """The end of the server's log (stdout/stderr of all its processes)."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as log:
+                if current_process_only:
+                    log.seek(self._log_offset)
+                text = log.read().decode(errors="replace")
         except OSError:
             return "<no log>"
         return "\n".join(text.splitlines()[-lines:])
@@ -546,29 +545,41 @@ class RedisServer:
         proc = self._proc
         assert proc is not None
         deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                log = self.log_tail()
-                if "Address already in use" in log or "Could not create server TCP" in log:
-                    raise _AddressInUse(f"{self.name}: port {self.port} is taken\n{log}")
-                raise RedisServerError(
-                    f"{self.name}: redis-server exited with code {proc.returncode} "
-                    f"during startup\ncommand: {self._command_line()}\n{log}"
-                )
-            try:
-                info = self._admin("INFO", "server")
-                # make sure we talk to *our* process, not to someone else's
-                # server that grabbed the port first
-                if int(info["process_id"]) == proc.pid:
-                    return
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise RedisServerError(
-                    f"{self.name}: not answering on {self.host}:{self.port} after "
-                    f"{timeout:.1f}s\n{self.log_tail()}"
-                )
-            time.sleep(POLL_INTERVAL)
+        # a throw-away client with short timeouts: whatever listens on the
+        # port (maybe not our server) must not block the loop for long
+        probe = redis.Redis(
+            host=self.host,
+            port=self.port,
+            decode_responses=True,
+            protocol=2,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            while True:
+                if proc.poll() is not None:
+                    log = self.log_tail(current_process_only=True)
+                    if "Address already in use" in log:
+                        raise _AddressInUse(f"{self.name}: port {self.port} is taken\n{log}")
+                    raise RedisServerError(
+                        f"{self.name}: redis-server exited with code {proc.returncode} "
+                        f"during startup\ncommand: {self._command_line()}\n{log}"
+                    )
+                info_server: Callable[..., Any] = probe.execute_command
+                with contextlib.suppress(redis.RedisError, ValueError, KeyError, TypeError):
+                    # make sure we talk to *our* process, not to someone
+                    # else's server that grabbed the port first
+                    if int(info_server("INFO", "server")["process_id"]) == proc.pid:
+                        return
+                if time.monotonic() > deadline:
+                    raise RedisServerError(
+                        f"{self.name}: not answering on {self.host}:{self.port} after "
+                        f"{timeout:.1f}s\n{self.log_tail(current_process_only=True)}"
+                    )
+                time.sleep(POLL_INTERVAL)
+        finally:
+            probe.close()
 
     # -- clients ----------------------------------------------------------
 
@@ -598,7 +609,9 @@ class RedisServer:
                 protocol=2,
                 socket_timeout=ADMIN_SOCKET_TIMEOUT,
                 socket_connect_timeout=2.0,
-                retry=Retry(NoBackoff(), 0),
+                # one retry: sentinel kills the normal clients of a server
+                # it promotes or demotes
+                retry=Retry(NoBackoff(), 1),
                 max_connections=1,
             )
         self._admin_commands += 1
@@ -630,7 +643,10 @@ class RedisServer:
         """
         raw = self.info("commandstats")
         return {
-            key.removeprefix("cmdstat_"): {k: float(v) if isinstance(v, float) else int(v) for k, v in value.items()}
+            key.removeprefix("cmdstat_"): {
+                field: float(number) if isinstance(number, float) else int(number)
+                for field, number in value.items()
+            }
             for key, value in raw.items()
             if isinstance(value, dict)
         }
@@ -643,12 +659,19 @@ class RedisServer:
     def flushall(self) -> None:
         self._admin("FLUSHALL")
 
-    def pause(self, seconds: float) -> None:
-        """``CLIENT PAUSE <ms> ALL``: every client -- including the helper's
-        own connection -- is blocked until the pause ends or ``unpause()``."""
-        self._admin("CLIENT", "PAUSE", max(1, round(seconds * 1000)), "ALL")
+    def pause(self, seconds: float, *, mode: Literal["ALL", "WRITE"] = "ALL") -> None:
+        """``CLIENT PAUSE <ms> ALL|WRITE``.
+
+        With ``ALL`` every client -- the helper's own connection included --
+        is blocked until the pause expires; Redis 7.0 even blocks ``CLIENT
+        UNPAUSE`` then, so ``unpause()`` / ``reads_processed()`` etc. wait for
+        the end of the pause.  ``WRITE`` pauses only block writes (and
+        scripts); ``unpause()`` ends them early.
+        """
+        self._admin("CLIENT", "PAUSE", max(1, round(seconds * 1000)), mode)
 
     def unpause(self) -> None:
+        """``CLIENT UNPAUSE`` (waits for the end of an ``ALL`` pause)."""
         self._admin("CLIENT", "UNPAUSE")
 
     def role(self) -> str:
@@ -661,6 +684,7 @@ class RedisServer:
 # --------------------------------------------------------------------------
 
 
+@final
 class RedisCluster:
     """A Redis Cluster of ``masters`` master nodes without replicas."""
 
@@ -707,7 +731,8 @@ class RedisCluster:
             )
         except subprocess.TimeoutExpired as exc:
             raise RedisServerError(
-                f"redis-cli --cluster create timed out after {CLUSTER_CREATE_TIMEOUT}s: {exc.output!r}"
+                f"redis-cli --cluster create timed out after {CLUSTER_CREATE_TIMEOUT}s: "
+                f"{exc.output!r}"
             ) from exc
         if result.returncode != 0 or "All 16384 slots covered" not in result.stdout:
             raise RedisServerError(
@@ -841,6 +866,7 @@ class RedisCluster:
 # --------------------------------------------------------------------------
 
 
+@final
 class RedisSentinel:
     """A master, one replica and one sentinel monitoring them (quorum 1).
 
@@ -858,19 +884,15 @@ class RedisSentinel:
         self.service_name = service_name
         self._down_after_ms = down_after_ms
         self._failover_timeout_ms = failover_timeout_ms
-        first = RedisServer(name="sentinel-data-a")
-        second = RedisServer(name="sentinel-data-b", config_lines=[f"replicaof {HOST} {first.port}"])
-        self.servers: tuple[RedisServer, RedisServer] = (first, second)
-        self._master_index = 0
-        self.sentinel = RedisServer(
-            name="sentinel",
-            sentinel=True,
-            config_lines=[
-                f"sentinel monitor {service_name} {HOST} {first.port} 1",
-                f"sentinel down-after-milliseconds {service_name} {down_after_ms}",
-                f"sentinel failover-timeout {service_name} {failover_timeout_ms}",
-            ],
+        # The replica's and the sentinel's configuration is completed in
+        # start(), once the master's port is final.  repl-diskless-sync-delay:
+        # the default of 5 s would make every full sync (the first one) slow.
+        self.servers: tuple[RedisServer, RedisServer] = (
+            RedisServer(name="sentinel-data-a", config_lines=["repl-diskless-sync-delay 0"]),
+            RedisServer(name="sentinel-data-b", config_lines=["repl-diskless-sync-delay 0"]),
         )
+        self._master_index = 0
+        self.sentinel = RedisServer(name="sentinel", sentinel=True)
 
     @property
     def url(self) -> str:
@@ -927,8 +949,12 @@ class RedisSentinel:
             return False
         for entry in self.sentinel_replicas():
             if entry.get("ip") == replica.host and entry.get("port") == str(replica.port):
+                # "info-refresh" is huge until the sentinel got an INFO reply
+                # from the replica; "role-reported" may lag by up to 10 s
+                # after a failover, but is not needed for the next one
                 flags = set(entry.get("flags", "").split(","))
-                return flags == {"slave"} and entry.get("role-reported") == "slave"
+                info_age_ms = int(entry.get("info-refresh", "-1"))
+                return flags == {"slave"} and 0 <= info_age_ms < 60000
         return False
 
     def _describe(self) -> str:
@@ -962,6 +988,7 @@ class RedisSentinel:
     def start(self) -> RedisSentinel:
         master, replica = self.servers
         master.start()
+        replica.config_lines.append(f"replicaof {master.host} {master.port}")
         replica.start()
         # the sentinel discovers replicas through the master's INFO, which it
         # asks for right away and then only every 10 s: start it only after
@@ -972,6 +999,12 @@ class RedisSentinel:
             SENTINEL_READY_TIMEOUT,
             self._describe,
         )
+        name = self.service_name
+        self.sentinel.config_lines = [
+            f"sentinel monitor {name} {master.host} {master.port} 1",
+            f"sentinel down-after-milliseconds {name} {self._down_after_ms}",
+            f"sentinel failover-timeout {name} {self._failover_timeout_ms}",
+        ]
         self.sentinel.start()
         self._wait_topology(master, replica, SENTINEL_READY_TIMEOUT)
         master.reset_stats()
@@ -1048,7 +1081,12 @@ class RedisSentinel:
             promoted._admin("DEL", "__ratemw_failover_probe__")
             return True
 
-        _wait_for("the new master to accept writes", accepts_writes, max(0.1, deadline - time.monotonic()))
+        _wait_for(
+            "the new master to accept writes",
+            accepts_writes,
+            max(0.1, deadline - time.monotonic()),
+            self._describe,
+        )
         self._master_index = self.servers.index(promoted)
         if old_master.is_running():
             old_master._admin("REPLICAOF", promoted.host, promoted.port)

@@ -18,9 +18,9 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ratemw._decision import Decision, decide, rate_limit_headers
+from ratemw._decision import Decision, decide, rate_limit_headers, sf_string
 from ratemw._exceptions import StorageError
-from ratemw._groups import LimitGroup
+from ratemw._plans import Entry, Plan, Slot, key_tail, storage_key, unique_name
 from ratemw._quota import Quota, parse_quotas
 from ratemw._reporting import call_hook, exceeded_for, near_limit, shadow_breach
 from ratemw.keys import client_ip
@@ -30,30 +30,17 @@ if TYPE_CHECKING:
     from ratemw._exceptions import RateLimitExceeded
     from ratemw._limiter import Limiter
 
+__all__ = ["Outcome", "Plan", "ResponseInfo", "StorageCall", "evaluate", "settle", "storage_key"]
+
 logger = logging.getLogger("ratemw")
 
 MAX_KEY_LENGTH = 1024
-_STRATEGY_TAGS = {
-    "fixed-window": "fw",
-    "moving-window": "mw",
-    "sliding-window-counter": "sw",
-    "gcra": "gc",
-    CONCURRENCY: "cc",
-}
 _HASH_CACHE_SIZE = 8192
 FALLBACK_KEY = client_ip()
 _tokens = itertools.count()
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """Which groups apply to one route, resolved once per path."""
-
-    template: str
-    groups: tuple[LimitGroup, ...]
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StorageCall:
     """The core asks its driver to run ``op`` (``acquire``, ``refund`` or ``release``)."""
 
@@ -71,7 +58,6 @@ class ResponseInfo:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
 class Outcome:
     """What the adapter must do.
 
@@ -79,18 +65,23 @@ class Outcome:
     - ``unavailable``: storage failed under ``failure_mode="deny"``: refuse with 503;
     - otherwise pass the request on, adding ``headers`` to the response; when
       ``needs_settling``, run ``settle`` once the response is over.
+
+    A plain class with class-level defaults: an admitted request, the common case, sets one
+    attribute.
     """
 
-    headers: list[tuple[str, str]]
     decision: Decision | None = None
     exceeded: RateLimitExceeded | None = None
     unavailable: bool = False
-    release: list[Hit] = field(default_factory=list)
-    refundable: list[tuple[Callable[[ResponseInfo], Any], list[Hit]]] = field(
-        default_factory=list
-    )
+    release: list[Hit] = []  # noqa: RUF012 - never mutated; instances set their own
+    refundable: list[tuple[Callable[[ResponseInfo], Any], list[Hit]]] = []  # noqa: RUF012
     stamp: int = 0
     fallback: bool = False
+
+    def __init__(self, headers: list[tuple[str, str]], **details: Any) -> None:
+        self.headers = headers
+        if details:
+            self.__dict__.update(details)
 
     @property
     def needs_settling(self) -> bool:
@@ -106,52 +97,39 @@ class KeyHasher:
     """Caps and hashes caller identities so that raw input never reaches storage."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, str] = {}
+        self.cache: dict[str, str] = {}
 
     def __call__(self, identity: str) -> str:
-        cached = self._cache.get(identity)
+        cached = self.cache.get(identity)
         if cached is not None:
             return cached
         raw = identity[:MAX_KEY_LENGTH].encode("utf-8", "surrogatepass")
         digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
-        if len(self._cache) >= _HASH_CACHE_SIZE:
-            self._cache.clear()
-        self._cache[identity] = digest
+        if len(self.cache) >= _HASH_CACHE_SIZE:
+            self.cache.clear()
+        self.cache[identity] = digest
         return digest
-
-
-def quota_strategy(limiter: Limiter, quota: Quota) -> str:
-    return CONCURRENCY if quota.concurrent else limiter.strategy
-
-
-def storage_key(limiter: Limiter, digest: str, bucket: str, quota: Quota) -> str:
-    """The storage key of one quota for one (hashed) identity and bucket.
-
-    The identity's digest is the Redis Cluster hash tag: all of a caller's keys share a slot.
-    """
-    strategy = quota_strategy(limiter, quota)
-    tag = _STRATEGY_TAGS.get(strategy, strategy)
-    return f"{limiter.key_prefix}:{{{digest}}}:{bucket}:{tag}:{quota.amount}/{quota.window}"
 
 
 def _hit(limiter: Limiter, key: str, quota: Quota, cost: int, enforce: bool) -> Hit:
     if quota.concurrent:
         return Hit(key, quota.amount, limiter.concurrency_timeout_ms, 1, CONCURRENCY, enforce,
-                   token=f"{limiter.instance_id}:{next(_tokens)}")
+                   0, f"{limiter.instance_id}:{next(_tokens)}")
     return Hit(key, quota.amount, quota.window_ms, cost, limiter.strategy, enforce,
-               burst=quota.burst or 0)
+               quota.burst or 0)
 
 
 def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str) -> Step:
     """Decide one request. A generator: see the module docstring for what it yields."""
     started = time.perf_counter() if limiter.metrics is not None else 0.0
-    policies: list[tuple[str, Quota, int, bool]] = []
     hits: list[Hit] = []
+    used: list[tuple[Entry, tuple[Slot, ...], int, bool]] = []
     refundable: list[tuple[Callable[[ResponseInfo], Any], list[Hit]]] = []
-    names: set[str] = set()
-    for group in plan.groups:
-        if group.methods is not None and method not in group.methods:
-            continue
+    names: set[str] | None = None
+    prefix = limiter.key_head
+    hashes = limiter.hash_key.cache
+    for entry in plan.entries:
+        group = entry.group
         if group.exempt_when is not None:
             try:
                 exempt = group.exempt_when(request)
@@ -162,12 +140,14 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
                 exempt = False
             if exempt:
                 continue
-        quotas = group.quotas
-        if quotas is None:
+        slots = entry.slots
+        if slots is None:
             value = group.limit(request)  # type: ignore[operator]
             if inspect.isawaitable(value):
                 value = yield value
-            quotas = parse_quotas(value)
+            if names is None:
+                names = set(plan.names)
+            slots = dynamic_slots(limiter, entry, parse_quotas(value), names)
         key = group.key or limiter.key
         try:
             identity = key(request)
@@ -178,38 +158,45 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
         except Exception:
             identity = _key_failed(key, request)
         cost = group.cost
-        if not isinstance(cost, int):
-            cost = cost(request)
+        if type(cost) is not int:
+            cost = cost(request)  # type: ignore[operator]
             if inspect.isawaitable(cost):
                 cost = yield cost
             cost = int(cost)
         enforce = not (limiter.shadow if group.shadow is None else group.shadow)
-        bucket = group.storage_bucket(plan.template, method)
-        digest = limiter.hash_key(identity)
-        group_hits = []
-        for quota in quotas:
-            name = group.name_prefix + quota.name
-            if name in names:
-                name = f"{group.kind}-{name}"
-                while name in names:
-                    name += "-"
-            names.add(name)
-            policies.append((name, quota, cost, enforce))
-            group_hits.append(_hit(limiter, storage_key(limiter, digest, bucket, quota), quota,
-                                   cost, enforce))
+        digest = hashes.get(identity) or limiter.hash_key(identity)
+        group_hits = [
+            _hit(limiter, prefix + digest + slot.key_tail, slot.quota, cost, enforce)
+            if slot.quota.concurrent
+            else Hit(prefix + digest + slot.key_tail, slot.quota.amount, slot.quota.window_ms,
+                     cost, limiter.strategy, enforce, slot.quota.burst or 0)
+            for slot in slots
+        ]
         hits.extend(group_hits)
+        used.append((entry, slots, cost, enforce))
         if group.deduct_when is not None:
             refundable.append((group.deduct_when, group_hits))
     if not hits:
         return PASS
-    fallback = False
     result = yield StorageCall(hits)
+    fallback = False
     if isinstance(result, BaseException):
         failed = yield from _storage_failed(limiter, request, hits, result)
         if not isinstance(failed, list):
             return failed
         result, fallback = failed, True
     usages: list[Usage] = result
+    if plan.simple and len(used) == len(plan.entries) and limiter.fast_reporting:
+        for usage in usages:
+            if not usage.fits:
+                break
+        else:  # admitted, nothing to report: the numbers go straight into the headers
+            return Outcome(_fast_headers(limiter, plan, used, usages))
+    policies = [
+        (slot.name, slot.quota, cost, enforce)
+        for _, slots, cost, enforce in used
+        for slot in slots
+    ]
     decision = decide(policies, usages)
     if limiter.metrics is not None:
         limiter.metrics.observe(plan.template, decision, time.perf_counter() - started)
@@ -238,6 +225,41 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
     logger.info("rate limit exceeded: %s", exceeded.detail)
     yield from call_hook(limiter.on_breach, request, exceeded)
     return Outcome(headers=[], decision=decision, exceeded=exceeded)
+
+
+def _fast_headers(
+    limiter: Limiter,
+    plan: Plan,
+    used: list[tuple[Entry, tuple[Slot, ...], int, bool]],
+    usages: list[Usage],
+) -> list[tuple[str, str]]:
+    """The draft-10 headers of an admitted request on a simple plan, without a Decision.
+
+    Same numbers as ``decide`` + ``rate_limit_headers``: remaining, and the reset rounded up.
+    """
+    if not limiter.header_modes:
+        return []
+    state = []
+    index = 0
+    for _, slots, _, _ in used:
+        for slot in slots:
+            usage = usages[index]
+            index += 1
+            reset = usage.reset_ms
+            seconds = -(-reset // 1000) if reset > 0 else 0
+            state.append(f"{slot.state_head}{max(usage.remaining, 0)};t={seconds}")
+    return [("RateLimit-Policy", plan.policy_header), ("RateLimit", ", ".join(state))]
+
+
+def dynamic_slots(
+    limiter: Limiter, entry: Entry, quotas: tuple[Quota, ...], names: set[str]
+) -> tuple[Slot, ...]:
+    """Slots for quotas a callable returned for this request."""
+    return tuple(
+        Slot(quota, name, key_tail(limiter, entry.bucket, quota), sf_string(name) + ";r=")
+        for quota in quotas
+        for name in (unique_name(entry.group, quota, names),)
+    )
 
 
 def settle(limiter: Limiter, outcome: Outcome, response: ResponseInfo) -> Step:

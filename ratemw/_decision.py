@@ -135,7 +135,8 @@ def decide(
 # -- headers ---------------------------------------------------------------------------------
 
 
-def _sf_string(value: str) -> str:
+def sf_string(value: str) -> str:
+    """``value`` as a Structured Field String (printable ASCII; quotes, backslashes escaped)."""
     cleaned = "".join(ch for ch in value if " " <= ch <= "~")
     return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -155,13 +156,13 @@ def rate_limit_headers(decision: Decision, mode: str, now_s: int) -> list[tuple[
         return []
     if mode == "draft-10":
         policy = ", ".join(
-            f"{_sf_string(p.name)};q={p.quota}"
-            + ("" if p.unit == "requests" else f";qu={_sf_string(p.unit)}")
+            f"{sf_string(p.name)};q={p.quota}"
+            + ("" if p.unit == "requests" else f";qu={sf_string(p.unit)}")
             + (f";w={p.window}" if p.window else "")
             for p in policies
         )
         state = ", ".join(
-            f"{_sf_string(p.name)};r={p.remaining};t={p.reset or 0}" for p in policies
+            f"{sf_string(p.name)};r={p.remaining};t={p.reset or 0}" for p in policies
         )
         return [("RateLimit-Policy", policy), ("RateLimit", state)]
     closest = _closest(decision)

@@ -40,6 +40,7 @@ async def arun(limiter: Limiter, steps: Step) -> Outcome:
     """Drive the decision with async storage, awaiting the user's async callables."""
     value: Any = None
     error: BaseException | None = None
+    memory = limiter.backends.memory
     while True:
         try:
             step = steps.throw(error) if error is not None else steps.send(value)
@@ -48,7 +49,11 @@ async def arun(limiter: Limiter, steps: Step) -> Outcome:
         value = error = None
         if type(step) is StorageCall:
             try:
-                if step.fallback:
+                if memory is not None and not step.fallback:
+                    value = memory.acquire(step.hits) if step.op == "acquire" else _call_sync(
+                        memory, step
+                    )
+                elif step.fallback:
                     value = await _call_async(limiter.fallback_storage.async_, step)
                 else:
                     storage = limiter.backends.async_

@@ -9,7 +9,7 @@ Beyond what ``limits`` parses, two forms are ours:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import limits
@@ -37,10 +37,10 @@ class Quota:
     text: str
     burst: int | None = None
     concurrent: bool = False
+    window_ms: int = field(init=False)
 
-    @property
-    def window_ms(self) -> int:
-        return self.window * 1000
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window_ms", self.window * 1000)
 
 
 def _quota_from_item(item: limits.RateLimitItem, burst: int | None) -> Quota:

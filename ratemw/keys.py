@@ -75,6 +75,9 @@ class client_ip:
         proxy_header: ``"x-forwarded-for"`` or ``"forwarded"``: the one your proxy writes.
     """
 
+    #: Reads only ``request.scope``: the middleware may pass a bare scope holder.
+    scope_only = True
+
     def __init__(
         self,
         trusted_proxies: Iterable[str] = (),
@@ -134,9 +137,7 @@ class client_ip:
         return normalized
 
     def __call__(self, request: Any) -> str:
-        return self.from_scope(request.scope)
-
-    def from_scope(self, scope: Any) -> str:
+        scope = request.scope
         client = scope.get("client")
         if not client or not client[0]:
             return UNKNOWN_CLIENT
@@ -148,6 +149,10 @@ class client_ip:
         if peer is None or not self._is_trusted(peer):
             return self._normalize_peer(host)
         return self._from_proxy_header(scope, peer)
+
+    def from_scope(self, scope: Any) -> str:
+        """The key of an ASGI scope (or a WSGI request's equivalent)."""
+        return self(ScopeHolder(scope))
 
     def _from_proxy_header(self, scope: Any, peer: _IPAddress) -> str:
         values = [
@@ -170,6 +175,15 @@ class client_ip:
         return self._group(client)
 
 
+class ScopeHolder:
+    """Stands in for a request where only its scope is read (the built-in key functions)."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self, scope: Any) -> None:
+        self.scope = scope
+
+
 class header:
     """Key requests by a header's value, such as an API key.
 
@@ -188,6 +202,7 @@ class header:
         self.name = name.strip().lower()
         self._raw = self.name.encode("latin-1")
         self.fallback = fallback if fallback is not None else client_ip()
+        self.scope_only = bool(getattr(self.fallback, "scope_only", False))
 
     def __repr__(self) -> str:
         return f"keys.header({self.name!r})"

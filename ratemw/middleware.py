@@ -17,6 +17,7 @@ from ratemw._limiter import Limiter
 from ratemw._responses import encode_headers, exceeded_response, unavailable_response
 from ratemw._routing import resolve
 from ratemw._rules import Rule
+from ratemw.keys import ScopeHolder
 
 _PLAN_CACHE_SIZE = 4096
 _POLICY_VIOLATION = 1008
@@ -82,11 +83,16 @@ class RateLimitMiddleware:
         method = scope["method"] if scope_type == "http" else "WEBSOCKET"
         path = scope["path"]
         plan = self._plan(scope, method, path)
-        if not plan.groups:
+        if not plan.entries:
             await self.app(scope, receive, send)
             return
-        request = Request(scope, receive) if scope_type == "http" else HTTPConnection(scope)
-        outcome = await arun(self.limiter, evaluate(self.limiter, plan, request, method, path))
+        limiter = self.limiter
+        request: Any
+        if plan.needs_request or limiter.has_hooks:
+            request = Request(scope, receive) if scope_type == "http" else HTTPConnection(scope)
+        else:
+            request = ScopeHolder(scope)  # nothing will look past request.scope
+        outcome = await arun(limiter, evaluate(limiter, plan, request, method, path))
         if outcome.exceeded is not None or outcome.unavailable:
             await self._refuse(scope, receive, send, request, outcome)
             return
@@ -136,6 +142,8 @@ class RateLimitMiddleware:
     ) -> None:
         exc = outcome.exceeded
         if exc is not None and self.handler is not None and scope["type"] == "http":
+            if isinstance(request, ScopeHolder):
+                request = Request(scope, receive)
             response = self.handler(request, exc)
             if inspect.isawaitable(response):
                 response = await response

@@ -78,10 +78,12 @@ class StorageBackends:
         self.clock = clock
         self._sync: Storage | None = None
         self._async: AsyncStorage | None = None
+        # The memory storage cannot fail or block: drivers call it directly.
+        self.memory: MemoryStorage | None = None
         if self.scheme == "memory":
-            self._memory = self._build_memory()
-            self._sync = self._memory
-            self._async = AsyncMemoryStorage(self._memory)
+            self.memory = self._build_memory()
+            self._sync = self.memory
+            self._async = AsyncMemoryStorage(self.memory)
         else:
             from ratemw.storage import redis as redis_storage
 

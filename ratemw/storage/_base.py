@@ -17,7 +17,7 @@ STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter", "gcra")
 CONCURRENCY = "concurrency"  # the strategy of "N concurrent" quotas, whatever the limiter's
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hit:
     """One quota to check for one request.
 
@@ -37,7 +37,7 @@ class Hit:
     token: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Usage:
     """What one hit found.
 

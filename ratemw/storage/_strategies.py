@@ -44,15 +44,13 @@ class FixedWindow:
 
     name = "fixed-window"
 
-    @staticmethod
-    def current(state: list[int] | None, now: int, window: int) -> list[int]:
-        if state is None or now >= state[1]:
-            return [0, now + window]  # count, window end
-        return state
-
     def check(self, state: Any, now: int, hit: Hit) -> Usage:
+        # state: [count, window end]
         amount, cost = hit.amount, hit.cost
-        count, end = self.current(state, now, hit.window_ms)
+        if state is None or now >= state[1]:
+            count, end = 0, now + hit.window_ms
+        else:
+            count, end = state
         reset = end - now
         if count + cost <= amount:
             return Usage(True, amount - count - cost, reset, 0, now)
@@ -60,9 +58,10 @@ class FixedWindow:
         return Usage(False, amount - count, reset, wait, now)
 
     def consume(self, state: Any, now: int, hit: Hit) -> list[int]:
-        current = self.current(state, now, hit.window_ms)
-        current[0] += hit.cost
-        return current
+        if state is None or now >= state[1]:
+            return [hit.cost, now + hit.window_ms]
+        state[0] += hit.cost
+        return state  # type: ignore[no-any-return]
 
     def refund(self, state: Any, now: int, hit: Hit, stamp: int) -> Any:
         # Only the window the hit was counted in can give it back.

@@ -59,23 +59,47 @@ class MemoryStorage:
         return state
 
     def _check(self, hits: Sequence[Hit], now: int) -> tuple[list[Any], list[Usage]]:
-        states = [self._state(hit.key, now) for hit in hits]
-        usages = [
-            STRATEGY_IMPLEMENTATIONS[hit.strategy].check(state, now, hit)
-            for hit, state in zip(hits, states, strict=True)
-        ]
+        states = []
+        usages = []
+        for hit in hits:
+            state = self._state(hit.key, now)
+            states.append(state)
+            usages.append(STRATEGY_IMPLEMENTATIONS[hit.strategy].check(state, now, hit))
         return states, usages
 
     def acquire(self, hits: Sequence[Hit]) -> list[Usage]:
+        data = self._data
         with self._lock:
             now = self.clock()
-            states, usages = self._check(hits, now)
-            if not all(u.fits for u, h in zip(usages, hits, strict=True) if h.enforce):
+            states = []
+            usages = []
+            admit = True
+            for hit in hits:
+                entry = data.get(hit.key)
+                state = None
+                if entry is not None:
+                    if entry[1] <= now:
+                        del data[hit.key]
+                    else:
+                        state = entry[0]
+                        # A refused caller still counts as recent: not the next evicted.
+                        data.move_to_end(hit.key)
+                usage = STRATEGY_IMPLEMENTATIONS[hit.strategy].check(state, now, hit)
+                if not usage.fits and hit.enforce:
+                    admit = False
+                states.append(state)
+                usages.append(usage)
+            if not admit:
                 # Nothing is consumed: report the numbers as they stand.
                 return [_unconsumed(u, h) for u, h in zip(usages, hits, strict=True)]
             for hit, state, usage in zip(hits, states, usages, strict=True):
                 if usage.fits:
-                    self._store(hit, state, now)
+                    strategy = STRATEGY_IMPLEMENTATIONS[hit.strategy]
+                    state = strategy.consume(state, now, hit)
+                    # A new key lands at the end; a known one was moved there when read.
+                    data[hit.key] = (state, strategy.expires(state, hit))
+            if len(data) > self.max_keys:
+                self._make_room(now)
             return usages
 
     def peek(self, hits: Sequence[Hit]) -> list[Usage]:
@@ -95,15 +119,6 @@ class MemoryStorage:
 
     def release(self, hits: Sequence[Hit]) -> None:
         self.refund(hits, 0)
-
-    def _store(self, hit: Hit, state: Any, now: int) -> None:
-        strategy = STRATEGY_IMPLEMENTATIONS[hit.strategy]
-        state = strategy.consume(state, now, hit)
-        data = self._data
-        data[hit.key] = (state, strategy.expires(state, hit))
-        data.move_to_end(hit.key)
-        if len(data) > self.max_keys:
-            self._make_room(now)
 
     def _make_room(self, now: int) -> None:
         data = self._data

@@ -1,0 +1,145 @@
+"""Plans: the limits of one route and method, compiled once so requests only fill in numbers.
+
+For every quota that is known before the request (not returned by a callable), the plan holds
+its policy name, the tail of its storage key and the head of its ``RateLimit`` entry; a plan
+whose quotas are all known also holds its whole ``RateLimit-Policy`` value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ratemw._decision import sf_string
+from ratemw._groups import LimitGroup
+from ratemw._quota import Quota
+from ratemw.storage._base import CONCURRENCY
+
+if TYPE_CHECKING:
+    from ratemw._limiter import Limiter
+
+STRATEGY_TAGS = {
+    "fixed-window": "fw",
+    "moving-window": "mw",
+    "sliding-window-counter": "sw",
+    "gcra": "gc",
+    CONCURRENCY: "cc",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One known quota of a plan."""
+
+    quota: Quota
+    name: str
+    key_tail: str  # the storage key after the caller's digest
+    state_head: str  # '"name";r=' for the RateLimit header
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One group as it applies to this route and method."""
+
+    group: LimitGroup
+    bucket: str
+    slots: tuple[Slot, ...] | None  # None: quotas come from a callable per request
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The compiled limits of one route and method.
+
+    ``simple`` plans (every quota known, no ``exempt_when``, no computed cost, no concurrency
+    quota and no ``deduct_when``) take the fast path; ``policy_header`` is their
+    ``RateLimit-Policy`` value.
+    """
+
+    template: str
+    entries: tuple[Entry, ...]
+    names: frozenset[str] = frozenset()
+    simple: bool = False
+    policy_header: str = ""
+    needs_request: bool = True
+
+    @property
+    def groups(self) -> tuple[LimitGroup, ...]:
+        return tuple(entry.group for entry in self.entries)
+
+
+def quota_strategy(limiter: Limiter, quota: Quota) -> str:
+    return CONCURRENCY if quota.concurrent else limiter.strategy
+
+
+def key_tail(limiter: Limiter, bucket: str, quota: Quota) -> str:
+    strategy = quota_strategy(limiter, quota)
+    tag = STRATEGY_TAGS.get(strategy, strategy)
+    return f"}}:{bucket}:{tag}:{quota.amount}/{quota.window}"
+
+
+def storage_key(limiter: Limiter, digest: str, bucket: str, quota: Quota) -> str:
+    """The storage key of one quota for one (hashed) identity and bucket.
+
+    The identity's digest is the Redis Cluster hash tag: all of a caller's keys share a slot.
+    """
+    return f"{limiter.key_prefix}:{{{digest}" + key_tail(limiter, bucket, quota)
+
+
+def unique_name(group: LimitGroup, quota: Quota, taken: set[str]) -> str:
+    """The policy name of a quota, made unique among the names already taken."""
+    name = group.name_prefix + quota.name
+    if name in taken:
+        name = f"{group.kind}-{name}"
+        while name in taken:
+            name += "-"
+    taken.add(name)
+    return name
+
+
+def compile_plan(
+    limiter: Limiter, template: str, groups: list[LimitGroup], method: str
+) -> Plan:
+    entries: list[Entry] = []
+    names: set[str] = set()
+    policy_parts: list[str] = []
+    simple = True
+    needs_request = False
+    for group in groups:
+        if group.methods is not None and method not in group.methods:
+            continue
+        needs_request = needs_request or _needs_request(group, limiter)
+        bucket = group.storage_bucket(template, method)
+        if group.quotas is None:
+            entries.append(Entry(group, bucket, None))
+            simple = False
+            continue
+        slots = []
+        for quota in group.quotas:
+            name = unique_name(group, quota, names)
+            head = sf_string(name) + ";r="
+            slots.append(Slot(quota, name, key_tail(limiter, bucket, quota), head))
+            policy_parts.append(f"{sf_string(name)};q={quota.amount};w={quota.window}")
+            simple = simple and not quota.concurrent
+        entries.append(Entry(group, bucket, tuple(slots)))
+        simple = simple and group.exempt_when is None and group.deduct_when is None
+        simple = simple and not group.shadow
+        simple = simple and isinstance(group.cost, int)
+    return Plan(
+        template=template,
+        entries=tuple(entries),
+        names=frozenset(names),
+        simple=simple,
+        policy_header=", ".join(policy_parts) if simple else "",
+        needs_request=needs_request,
+    )
+
+
+def _needs_request(group: LimitGroup, limiter: Limiter) -> bool:
+    """Whether anything of the group's but the built-in key functions looks at the request."""
+    key = group.key or limiter.key
+    return (
+        not getattr(key, "scope_only", False)
+        or group.quotas is None
+        or group.exempt_when is not None
+        or not isinstance(group.cost, int)
+    )

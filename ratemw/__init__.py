@@ -24,6 +24,7 @@ from ratemw._exceptions import (
 from ratemw._limiter import Limiter
 from ratemw._rules import Rule
 from ratemw.middleware import RateLimitMiddleware
+from ratemw.wsgi import WSGIRateLimitMiddleware
 
 __version__ = "0.1.0.dev0"
 
@@ -37,5 +38,6 @@ __all__ = [
     "RatemwError",
     "Rule",
     "StorageError",
+    "WSGIRateLimitMiddleware",
     "keys",
 ]

@@ -9,10 +9,11 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ratemw._breaker import CircuitBreaker
-from ratemw._core import KeyHasher, Plan
+from ratemw._core import KeyHasher
 from ratemw._decision import HEADER_MODES, Decision
 from ratemw._exceptions import ConfigurationError
 from ratemw._groups import CostValue, LimitGroup, LimitValue, check_callable, groups_from
+from ratemw._plans import Plan, compile_plan
 from ratemw._rules import Rule, check_rules, rule_groups
 from ratemw.keys import client_ip
 from ratemw.storage import StorageBackends
@@ -181,6 +182,7 @@ class Limiter:
         self.on_near_limit = on_near_limit
         self.on_storage_error = on_storage_error
         self.key_prefix = key_prefix
+        self.key_head = key_prefix + ":{"  # storage keys: prefix:{digest}:bucket:...
         self.metrics = metrics
         self.concurrency_timeout_ms = round(concurrency_timeout * 1000)
         self.instance_id = uuid.uuid4().hex[:12]
@@ -337,20 +339,38 @@ class Limiter:
         method: str,
         extra_rules: tuple[Rule, ...] = (),
     ) -> Plan:
-        """Which limit groups apply to a request on ``endpoint`` at ``path``."""
+        """Which limit groups apply to a request on ``endpoint`` at ``path``.
+
+        Declarations are looked for on the endpoint, on what it wraps (``functools.wraps``
+        decorators, the class behind an ``as_view()`` function) and on a class's method
+        handler. Defaults apply when none of the route's own limits covers ``method``.
+        """
         template = template or NO_ROUTE
-        handler = _method_handler(endpoint, method)
-        if endpoint in self._exempt or handler in self._exempt:
+        targets = _declaration_targets(endpoint, method)
+        if any(target in self._exempt for target in targets):
             return Plan(template, ())
-        own = list(self._endpoint_groups.get(endpoint, ()))
-        if handler is not endpoint:
-            own.extend(self._endpoint_groups.get(handler, ()))
+        own = [g for target in targets for g in self._endpoint_groups.get(target, ())]
         own.extend(rule_groups(self.rules + extra_rules, path))
+        own = [g for g in own if g.applies_to(method)]
         groups = own
         if not own or any(not g.override_defaults for g in own):
             groups = groups + list(self.default_groups)
         groups.extend(self.application_groups)
-        return Plan(template, tuple(groups))
+        return compile_plan(self, template, groups, method)
+
+    @property
+    def has_hooks(self) -> bool:
+        return bool(self.on_breach or self.on_near_limit or self.on_storage_error)
+
+    @property
+    def fast_reporting(self) -> bool:
+        """Admitted requests need no hooks, metrics or header mode beyond draft-10."""
+        return (
+            self.on_near_limit is None
+            and self.metrics is None
+            and not self.shadow
+            and (not self.header_modes or self.header_modes == ("draft-10",))
+        )
 
     # -- storage ------------------------------------------------------------------------------
 
@@ -393,6 +413,27 @@ class Limiter:
         await self.backends.async_.reset()
         if self._fallback is not None:
             await self._fallback.async_.reset()
+
+
+_MAX_UNWRAP = 16
+
+
+def _declaration_targets(endpoint: Any, method: str) -> list[Any]:
+    """The endpoint, what it wraps, and the method handlers of classes among them."""
+    if endpoint is None:
+        return []
+    targets: list[Any] = []
+    seen: set[int] = set()
+    current = endpoint
+    while current is not None and id(current) not in seen and len(seen) < _MAX_UNWRAP:
+        seen.add(id(current))
+        targets.append(current)
+        view_class = getattr(current, "view_class", None)
+        if isinstance(view_class, type):
+            targets.append(view_class)
+        current = getattr(current, "__wrapped__", None)
+    handlers = [_method_handler(t, method) for t in targets if isinstance(t, type)]
+    return targets + [h for h in handlers if h not in targets]
 
 
 def _method_handler(endpoint: Any, method: str) -> Any:

@@ -245,6 +245,35 @@ def test_defaults_apply_per_route_and_only_without_own_limits(clock: FakeClock) 
     assert statuses(client, "/own", 5) == [200] * 5
 
 
+def test_defaults_cover_methods_the_route_limit_does_not(clock: FakeClock) -> None:
+    limiter = Limiter(clock=clock, default_limits="1/minute")
+
+    @limiter.limit("5/minute", methods=["POST"])
+    async def upload(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("x")
+
+    client = make_client(limiter, routes=[Route("/", upload, methods=["GET", "POST"])])
+    assert statuses(client, n=2) == [200, 429]  # GET: the default
+    assert [client.post("/").status_code for _ in range(3)] == [200] * 3  # POST: its own
+
+
+def test_limits_on_a_wrapped_endpoint_are_found(clock: FakeClock) -> None:
+    import functools
+
+    limiter = Limiter(clock=clock)
+
+    @limiter.limit("1/minute")
+    async def inner(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("x")
+
+    @functools.wraps(inner)
+    async def outer(request: Request) -> PlainTextResponse:
+        return await inner(request)
+
+    client = make_client(limiter, routes=[Route("/", outer)])
+    assert statuses(client, n=2) == [200, 429]
+
+
 def test_override_defaults_false_keeps_the_defaults(clock: FakeClock) -> None:
     limiter = Limiter(clock=clock, default_limits="2/minute")
     client = make_client(limiter, decorate=limiter.limit("5/minute", override_defaults=False))
@@ -534,6 +563,7 @@ def test_failure_modes(clock: FakeClock, mode: str, expected: int) -> None:
         clock=clock, failure_mode=mode, on_storage_error=lambda req, exc: errors.append(exc)
     )
     limiter.backends._async = BrokenStorage()  # type: ignore[assignment]
+    limiter.backends.memory = None  # the driver would otherwise call memory directly
     client = make_client(limiter, decorate=limiter.limit("1/minute"))
     assert client.get("/").status_code == 200 if mode != "deny" else True
     response = client.get("/")
@@ -624,9 +654,8 @@ def test_websocket_handshake_refused_with_429(clock: FakeClock) -> None:
     client = make_client(limiter, routes=[WebSocketRoute("/ws", echo)])
     with client.websocket_connect("/ws") as ws:
         assert ws.receive_text() == "hi"
-    with pytest.raises(WebSocketDenialResponse) as info:
-        with client.websocket_connect("/ws"):
-            pass
+    with pytest.raises(WebSocketDenialResponse) as info, client.websocket_connect("/ws"):
+        pass
     assert info.value.status_code == 429
     assert info.value.headers["retry-after"] == "60"
     assert json.loads(info.value.content)["violated-policies"] == ["per-minute"]

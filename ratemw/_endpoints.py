@@ -1,0 +1,69 @@
+"""Which limits apply to a request on a view its framework has wrapped, cached per request line.
+
+Flask and Django route to wrappers: ``as_view()`` functions (the class, with its method
+handlers, is in ``view_class``) and decorators made with ``functools.wraps``. The limits were
+declared on whichever of these the user decorated, so that object is looked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ratemw._core import Plan
+from ratemw._limiter import Limiter
+from ratemw._rules import Rule
+
+__all__ = ["Planner", "plan_route"]
+
+_PLAN_CACHE_SIZE = 4096
+
+
+def plan_route(
+    limiter: Limiter,
+    endpoint: Any,
+    template: str | None,
+    path: str,
+    method: str,
+    rules: tuple[Rule, ...],
+) -> Plan:
+    """The plan for a route whose view may be wrapped by its framework.
+
+    ``Limiter.plan`` looks behind ``as_view()`` functions and ``functools.wraps`` decorators.
+
+    Example::
+
+        plan = plan_route(limiter, login_required(item), "/items/<int:id>", path, "GET", ())
+    """
+    return limiter.plan(endpoint, template, path, method, rules)
+
+
+class Planner:
+    """Plans by request, cached: route resolution runs once per distinct request line.
+
+    Example::
+
+        planner = Planner(limiter, rules)
+        plan = planner.plan((method, path), lambda: routes(environ), path, method)
+    """
+
+    def __init__(self, limiter: Limiter, rules: tuple[Rule, ...]) -> None:
+        self.limiter = limiter
+        self.rules = rules
+        self._plans: dict[tuple[Any, ...], Plan] = {}
+
+    def plan(
+        self,
+        cache_key: tuple[Any, ...],
+        resolve: Callable[[], tuple[Any, str | None]],
+        path: str,
+        method: str,
+    ) -> Plan:
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            endpoint, template = resolve()
+            plan = plan_route(self.limiter, endpoint, template, path, method, self.rules)
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[cache_key] = plan
+        return plan

@@ -1,0 +1,280 @@
+"""Django integration: a middleware for ``MIDDLEWARE``, configured from settings.
+
+``settings.py``::
+
+    MIDDLEWARE = [
+        ...,
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "ratemw.contrib.django.RateLimitMiddleware",   # after auth, for user_or_ip()
+    ]
+    RATEMW_LIMITER = "myproject.limits.limiter"        # a ratemw.Limiter you decorate views with
+    # or let ratemw build one (get_limiter() hands it to your views):
+    RATEMW = {"storage": "redis://localhost:6379", "default_limits": "100/minute",
+              "rules": [{"path": "/static/*", "limit": "300/minute"}]}
+
+``views.py``::
+
+    from myproject.limits import limiter
+
+    @limiter.limit("5/minute")        # "items/<int:pk>/" is one bucket, whatever the pk
+    def item(request, pk): ...
+
+The middleware works under WSGI and ASGI Django: in an async middleware chain it decides on
+the limiter's async storage without blocking the event loop. A Django app wrapped whole can
+use ``WSGIRateLimitMiddleware(application, limiter=..., routes=DjangoRoutes())`` instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.handlers.wsgi import get_path_info  # type: ignore[import-untyped]
+from django.http import HttpResponse  # type: ignore[import-untyped]
+from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
+from starlette.requests import Request
+
+from ratemw._core import Outcome, Plan, ResponseInfo, Step, evaluate, settle
+from ratemw._drivers import arun, run
+from ratemw._environ import wsgi_scope
+from ratemw._limiter import Limiter
+from ratemw._responses import exceeded_response, unavailable_response
+from ratemw.contrib._django_settings import Config, current, get_limiter
+from ratemw.keys import client_ip
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+__all__ = ["DjangoRoutes", "RateLimitMiddleware", "get_limiter", "user_or_ip"]
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+
+def resolve_view(path_info: str, urlconf: Any = None) -> tuple[Any, str | None]:
+    """The view Django will route ``path_info`` to and its URL pattern (``None``s on 404)."""
+    try:
+        match = resolve(path_info, urlconf)
+    except Resolver404:
+        return None, None
+    route = match.route
+    return match.func, route if isinstance(route, str) else None
+
+
+class DjangoRoutes:
+    """``routes=`` resolver for ``WSGIRateLimitMiddleware`` around a whole Django WSGI app.
+
+    Example::
+
+        from django.core.wsgi import get_wsgi_application
+
+        application = WSGIRateLimitMiddleware(
+            get_wsgi_application(), limiter=limiter, routes=DjangoRoutes()
+        )
+
+    Args:
+        urlconf: the URLconf module (or its dotted name); ``settings.ROOT_URLCONF`` by default.
+    """
+
+    def __init__(self, urlconf: Any = None) -> None:
+        self.urlconf = urlconf
+
+    def __call__(self, environ: WSGIEnvironment) -> tuple[Any, str | None]:
+        return resolve_view(get_path_info(environ), self.urlconf)
+
+
+# -- the middleware -------------------------------------------------------------------------
+
+
+class _Pending(NamedTuple):
+    config: Config
+    plan: Plan
+    request: Request
+    method: str
+    path: str
+
+    def steps(self) -> Step:
+        """The core's decision for this request."""
+        return evaluate(self.config.limiter, self.plan, self.request, self.method, self.path)
+
+
+def _prepare(request: Any, is_async: bool) -> _Pending | None:
+    config = current()
+    if not config.limiter.enabled:
+        return None
+    method: str = request.method
+    path: str = request.path
+    urlconf = getattr(request, "urlconf", None)  # set by middleware such as django-hosts
+    path_info: str = request.path_info
+    plan = config.planner.plan(
+        (method, path, urlconf), lambda: resolve_view(path_info, urlconf), path, method
+    )
+    if not plan.entries:
+        return None
+    scope = wsgi_scope(request.META, method, path)
+    scope["django.request"] = request
+    scope["django.async"] = is_async
+    return _Pending(config, plan, Request(scope), method, path)
+
+
+def _refusal(pending: _Pending, request: Any, outcome: Outcome) -> Any:
+    exc = outcome.exceeded
+    handler = pending.config.handler
+    if exc is not None and handler is not None:
+        return handler(request, exc)
+    if exc is not None:
+        status, headers, body = exceeded_response(exc)
+    else:
+        status, headers, body = unavailable_response(pending.path)
+    response = HttpResponse(body, status=status)
+    for name, value in headers:
+        response.headers[name] = value
+    return response
+
+
+def _response_info(response: Any) -> ResponseInfo:
+    return ResponseInfo(response.status_code, list(response.items()))
+
+
+def _settle_on_close(limiter: Limiter, outcome: Outcome, response: Any) -> bool:
+    """A streamed response is over when Django closes it: settle then (true if deferred).
+
+    Until then its body is still being produced, so a concurrency slot stays taken.
+    """
+    if not response.streaming:
+        return False
+    info = _response_info(response)
+    # Django runs these on close(), from its worker thread: the blocking driver suits.
+    response._resource_closers.append(lambda: run(limiter, settle(limiter, outcome, info)))
+    return True
+
+
+def _with_headers(response: Any, headers: list[tuple[str, str]]) -> Any:
+    seen: set[str] = set()
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in seen:
+            # Django keeps one value per header name; a comma joins field lines (RFC 9110 5.3).
+            response.headers[name] = f"{response.headers[name]}, {value}"
+        else:
+            response.headers[name] = value
+            seen.add(lowered)
+    return response
+
+
+class RateLimitMiddleware:
+    """Enforce the settings' ``Limiter`` on a Django project (WSGI or ASGI).
+
+    Decorator limits on views (function and class-based), rules, defaults and application
+    limits apply; routes are counted per URL pattern. Refused requests get the same 429
+    problem+json as ratemw gives everywhere, or ``settings.RATEMW['handler'](request, exc)``'s
+    ``HttpResponse``. Configuration errors raise ``ConfigurationError`` when Django loads the
+    middleware.
+
+    Example::
+
+        MIDDLEWARE = [..., "ratemw.contrib.django.RateLimitMiddleware"]
+        RATEMW_LIMITER = "myproject.limits.limiter"
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+        current()
+
+    def __call__(self, request: Any) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        pending = _prepare(request, is_async=False)
+        if pending is None:
+            return self.get_response(request)
+        limiter = pending.config.limiter
+        outcome = run(limiter, pending.steps())
+        if outcome.exceeded is not None or outcome.unavailable:
+            return _refusal(pending, request, outcome)
+        if not outcome.needs_settling:
+            return _with_headers(self.get_response(request), outcome.headers)
+        try:
+            response = self.get_response(request)
+        except BaseException:
+            run(limiter, settle(limiter, outcome, ResponseInfo(500)))
+            raise
+        if not _settle_on_close(limiter, outcome, response):
+            run(limiter, settle(limiter, outcome, _response_info(response)))
+        return _with_headers(response, outcome.headers)
+
+    async def __acall__(self, request: Any) -> Any:
+        pending = _prepare(request, is_async=True)
+        if pending is None:
+            return await self.get_response(request)
+        limiter = pending.config.limiter
+        outcome = await arun(limiter, pending.steps())
+        if outcome.exceeded is not None or outcome.unavailable:
+            response = _refusal(pending, request, outcome)
+            if inspect.isawaitable(response):
+                response = await response
+            return response
+        if not outcome.needs_settling:
+            return _with_headers(await self.get_response(request), outcome.headers)
+        try:
+            response = await self.get_response(request)
+        except BaseException:
+            await arun(limiter, settle(limiter, outcome, ResponseInfo(500)))
+            raise
+        if not _settle_on_close(limiter, outcome, response):
+            await arun(limiter, settle(limiter, outcome, _response_info(response)))
+        return _with_headers(response, outcome.headers)
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+class user_or_ip:
+    """Key requests by the authenticated Django user, else by ``fallback`` (client address).
+
+    Needs ``RateLimitMiddleware`` placed after ``AuthenticationMiddleware``: the middleware
+    hands the Django request to key functions in ``request.scope["django.request"]``. Under
+    ASGI the user is loaded with ``request.auser()``, off the event loop.
+
+    Example::
+
+        RATEMW = {"default_limits": "100/minute", "key": user_or_ip()}
+
+    Args:
+        fallback: the key function for anonymous requests (default ``keys.client_ip()``).
+    """
+
+    def __init__(self, fallback: Callable[[Any], Any] | None = None) -> None:
+        self.fallback = fallback if fallback is not None else client_ip()
+
+    def __repr__(self) -> str:
+        return f"user_or_ip(fallback={self.fallback!r})"
+
+    def __call__(self, request: Any) -> Any:
+        scope = request.scope
+        django_request = scope.get("django.request")
+        if django_request is None:
+            return self.fallback(request)
+        if scope.get("django.async"):
+            return self._from_async_user(django_request, request)
+        return self._identity(getattr(django_request, "user", None), request)
+
+    async def _from_async_user(self, django_request: Any, request: Any) -> Any:
+        auser: Callable[[], Awaitable[Any]] | None = getattr(django_request, "auser", None)
+        user = await auser() if auser is not None else getattr(django_request, "user", None)
+        identity = self._identity(user, request)
+        if inspect.isawaitable(identity):
+            identity = await identity
+        return identity
+
+    def _identity(self, user: Any, request: Any) -> Any:
+        if user is not None and getattr(user, "is_authenticated", False):
+            return f"user:{user.pk}"
+        return self.fallback(request)

@@ -1,0 +1,132 @@
+"""Flask integration: find a request's view before Flask routes it, and install the middleware.
+
+Example::
+
+    from flask import Flask
+    from ratemw import Limiter
+    from ratemw.contrib.flask import init_app
+
+    app = Flask(__name__)
+    limiter = Limiter(default_limits="100/minute")
+    init_app(app, limiter)
+
+    @app.get("/items/<int:item_id>")
+    @limiter.limit("5/minute")        # one bucket for every item id
+    def item(item_id: int): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.exceptions import HTTPException
+
+from ratemw._exceptions import ConfigurationError
+from ratemw._limiter import Limiter
+from ratemw._rules import Rule
+from ratemw.wsgi import WSGIExceededHandler, WSGIRateLimitMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+    from flask import Flask
+
+__all__ = ["FlaskRoutes", "RateMW", "init_app"]
+
+EXTENSION_NAME = "ratemw"
+
+
+class FlaskRoutes:
+    """``routes=`` resolver for ``WSGIRateLimitMiddleware``: the Flask view a request reaches.
+
+    Matches the app's URL map the way Flask will, and answers the view function (for
+    class-based views Flask's ``as_view()`` function, whose ``view_class`` the middleware
+    looks into) and the URL rule, so ``/items/<int:item_id>`` is one bucket. Requests no
+    rule matches (404, 405, redirects) answer ``(None, None)``.
+
+    Example::
+
+        app.wsgi_app = WSGIRateLimitMiddleware(
+            app.wsgi_app, limiter=limiter, routes=FlaskRoutes(app)
+        )
+    """
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def __call__(self, environ: WSGIEnvironment) -> tuple[Any, str | None]:
+        app = self.app
+        url_map = app.url_map
+        # The same binding as Flask.create_url_adapter, so matching agrees with Flask's.
+        server_name = app.config["SERVER_NAME"]
+        subdomain: str | None = None
+        if url_map.host_matching:
+            server_name = None
+        elif not app.subdomain_matching:
+            subdomain = url_map.default_subdomain or ""
+        adapter = url_map.bind_to_environ(environ, server_name=server_name, subdomain=subdomain)
+        try:
+            rule, _ = adapter.match(return_rule=True)
+        except HTTPException:  # NotFound, MethodNotAllowed, RequestRedirect: Flask answers
+            return None, None
+        return app.view_functions.get(rule.endpoint), rule.rule
+
+
+def init_app(
+    app: Flask,
+    limiter: Limiter,
+    *,
+    rules: Iterable[Rule] = (),
+    handler: WSGIExceededHandler | None = None,
+) -> WSGIRateLimitMiddleware:
+    """Install ``WSGIRateLimitMiddleware`` with the Flask resolver on ``app.wsgi_app``.
+
+    The middleware is also kept in ``app.extensions["ratemw"]``. Installing it twice on one
+    app would count every request twice, so that raises ``ConfigurationError``.
+
+    Example::
+
+        limiter = Limiter(default_limits="100/minute")
+        init_app(app, limiter, rules=[Rule("/static/*", "300/minute")])
+    """
+    if EXTENSION_NAME in app.extensions:
+        raise ConfigurationError(f"ratemw is already installed on Flask app {app.name!r}")
+    middleware = WSGIRateLimitMiddleware(
+        app.wsgi_app, limiter=limiter, rules=rules, handler=handler, routes=FlaskRoutes(app)
+    )
+    app.wsgi_app = middleware  # type: ignore[method-assign]
+    app.extensions[EXTENSION_NAME] = middleware
+    return middleware
+
+
+class RateMW:
+    """The Flask extension pattern around ``init_app``, for app factories.
+
+    Example::
+
+        limiter = Limiter(default_limits="100/minute")
+        ratemw_ext = RateMW(limiter=limiter)
+
+        def create_app() -> Flask:
+            app = Flask(__name__)
+            ratemw_ext.init_app(app)
+            return app
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        limiter: Limiter,
+        rules: Iterable[Rule] = (),
+        handler: WSGIExceededHandler | None = None,
+    ) -> None:
+        self.limiter = limiter
+        self.rules = tuple(rules)
+        self.handler = handler
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> WSGIRateLimitMiddleware:
+        """Install the middleware on ``app`` (see ``init_app``)."""
+        return init_app(app, self.limiter, rules=self.rules, handler=self.handler)

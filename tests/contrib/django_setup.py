@@ -1,0 +1,32 @@
+"""Django, configured once in-process for the tests that need it (and only those).
+
+Tests then point ``ROOT_URLCONF``, ``MIDDLEWARE`` and ``RATEMW_LIMITER`` at what they need
+with ``override_settings``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+urlpatterns: list[Any] = []  # the default URLconf: nothing routes
+
+MIDDLEWARE = ["ratemw.contrib.django.RateLimitMiddleware"]
+
+
+def configure_django() -> None:
+    """Configure and set up Django for this process, once."""
+    import django
+    from django.conf import settings
+
+    if settings.configured:
+        return
+    settings.configure(
+        SECRET_KEY="ratemw-tests",
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=MIDDLEWARE,
+        INSTALLED_APPS=[],
+        DATABASES={},
+        USE_TZ=True,
+    )
+    django.setup()

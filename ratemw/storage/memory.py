@@ -68,22 +68,20 @@ class MemoryStorage:
         return states, usages
 
     def acquire(self, hits: Sequence[Hit]) -> list[Usage]:
-        data = self._data
         with self._lock:
             now = self.clock()
+            if len(hits) == 1:  # the common case, without the bookkeeping of a batch
+                hit = hits[0]
+                state = self._state(hit.key, now)
+                usage = STRATEGY_IMPLEMENTATIONS[hit.strategy].check(state, now, hit)
+                if usage.fits:
+                    self._consume(hit, state, now)
+                return [usage]
             states = []
             usages = []
             admit = True
             for hit in hits:
-                entry = data.get(hit.key)
-                state = None
-                if entry is not None:
-                    if entry[1] <= now:
-                        del data[hit.key]
-                    else:
-                        state = entry[0]
-                        # A refused caller still counts as recent: not the next evicted.
-                        data.move_to_end(hit.key)
+                state = self._state(hit.key, now)
                 usage = STRATEGY_IMPLEMENTATIONS[hit.strategy].check(state, now, hit)
                 if not usage.fits and hit.enforce:
                     admit = False
@@ -94,13 +92,17 @@ class MemoryStorage:
                 return [_unconsumed(u, h) for u, h in zip(usages, hits, strict=True)]
             for hit, state, usage in zip(hits, states, usages, strict=True):
                 if usage.fits:
-                    strategy = STRATEGY_IMPLEMENTATIONS[hit.strategy]
-                    state = strategy.consume(state, now, hit)
-                    # A new key lands at the end; a known one was moved there when read.
-                    data[hit.key] = (state, strategy.expires(state, hit))
-            if len(data) > self.max_keys:
-                self._make_room(now)
+                    self._consume(hit, state, now)
             return usages
+
+    def _consume(self, hit: Hit, state: Any, now: int) -> None:
+        strategy = STRATEGY_IMPLEMENTATIONS[hit.strategy]
+        state = strategy.consume(state, now, hit)
+        data = self._data
+        # A new key lands at the end; a known one was moved there when it was read.
+        data[hit.key] = (state, strategy.expires(state, hit))
+        if len(data) > self.max_keys:
+            self._make_room(now)
 
     def peek(self, hits: Sequence[Hit]) -> list[Usage]:
         with self._lock:

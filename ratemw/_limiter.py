@@ -17,7 +17,7 @@ from ratemw._plans import Plan, compile_plan
 from ratemw._rules import Rule, check_rules, rule_groups
 from ratemw.keys import client_ip
 from ratemw.storage import StorageBackends
-from ratemw.storage._base import CONCURRENCY
+from ratemw.storage._base import CONCURRENCY, STRATEGIES
 from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
 from ratemw.storage.memory import wall_clock_ms
 
@@ -172,6 +172,12 @@ class Limiter:
         self.backends = StorageBackends(
             storage, options=storage_options, clock=clock, key_prefix=key_prefix
         )
+        if self.backends.scheme != "memory" and strategy not in STRATEGIES:
+            raise ConfigurationError(
+                f"strategy {strategy!r} is not served by {self.backends.scheme!r} storage: "
+                f"Redis storages count {list(STRATEGIES)} (strategies of your own run on "
+                "memory://)"
+            )
         self._fallback: StorageBackends | None = None
         self.key: Callable[[Any], Any] = key or client_ip()
         self.header_modes = _header_modes(headers)

@@ -939,5 +939,9 @@ def test_pluggable_strategy(clock: FakeClock) -> None:
         limiter = Limiter(clock=clock, strategy="every-other")
         client = make_client(limiter, decorate=limiter.limit("5/minute"))
         assert statuses(client, n=3) == [200, 429, 429]
+        from ratemw import ConfigurationError
+
+        with pytest.raises(ConfigurationError, match="'every-other' is not served by 'redis'"):
+            Limiter(storage="redis://localhost:6379", strategy="every-other")
     finally:
         del STRATEGY_IMPLEMENTATIONS["every-other"]

@@ -93,3 +93,22 @@ def test_clear_and_reset() -> None:
     assert storage.acquire([hit("a", amount=1)])[0].fits
     storage.reset()
     assert len(storage) == 0
+
+
+def test_a_million_distinct_keys_stay_within_the_bound() -> None:
+    import resource
+
+    clock = FakeClock()
+    storage = MemoryStorage(max_keys=10_000, clock=clock)
+    blocked = hit("blocked-caller", amount=1, window_ms=3_600_000)
+    assert storage.acquire([blocked])[0].fits
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    for i in range(1_000_000):
+        storage.acquire([hit(f"flood-{i}", window_ms=3_600_000)])
+        if i % 1_000 == 0:
+            # The caller that matters keeps trying and stays refused all along.
+            assert not storage.acquire([blocked])[0].fits
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
+    assert len(storage) <= 10_000
+    # Holding a million keys would take hundreds of MB; the bound keeps it to a few.
+    assert grown < 64 * 1024

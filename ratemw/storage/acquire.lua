@@ -1,30 +1,58 @@
 -- ratemw: check every hit of one request and consume them all only if every enforced hit
 -- fits (all-or-nothing), in one round trip, on the Redis server's clock.
 --
--- KEYS[i]: the storage key of hit i.
--- ARGV: mode ("acquire" or "peek"), then 5 values per hit:
---   strategy ("fw" fixed window, "mw" moving window, "sw" sliding-window counter),
---   amount, window (ms), cost, enforce ("1" or "0").
+-- KEYS[i]: the storage key of hit i (all in one hash slot on a cluster).
+-- ARGV[1]: mode: "acquire", "peek", "refund" (give back what an acquire at ARGV[2] took),
+--   "undo" (the same, for a request that was refused after all: a fixed window it opened
+--   is closed again, as if the request had never come);
+-- ARGV[2]: a time in ms: for "acquire"/"peek" the clock to use instead of this server's
+--   ("0": this server's; a request spanning cluster slots uses its first slot's time on all
+--   of them, so that every hit carries one stamp), for "refund"/"undo" the acquire's time;
+-- then 6 values per hit: strategy ("fw" fixed window, "mw" moving window, "sw"
+-- sliding-window counter, "gc" GCRA, "cc" concurrency), amount, window (ms), cost,
+-- enforce ("1"/"0"), extra (GCRA: burst, 0 = amount; concurrency: the request's token).
 -- Returns 4 integers per hit: fits (1/0), remaining, reset (ms), wait (ms, -1 = never),
--- then the server time (ms) the decision was made at.
+-- then the time (ms) the decision was made at; "refund"/"undo" return {}.
 --
--- The arithmetic mirrors ratemw/storage/_strategies.py line for line.
+-- The arithmetic mirrors ratemw/storage/_strategies.py line for line. Every number stays
+-- an integer below 2^53, where Lua's doubles are exact.
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local mode = ARGV[1]
+local now = tonumber(ARGV[2])
+if mode == 'acquire' or mode == 'peek' then
+  if now == 0 then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local stamp = tonumber(ARGV[2])
+
+-- Every decision compares times on `now` (TIME, or the request's clock) with times stored in
+-- the keys; expiry only reclaims memory. A key outlives its last use by this margin, so that
+-- Redis's own millisecond clock (and, on a cluster, another node's) can never drop state
+-- that still counts.
+local EXPIRY_MARGIN = 1000
+
+local function expire_at(key, at)
+  redis.call('PEXPIRE', key, at - now + EXPIRY_MARGIN)
+end
+
+-- Fixed window: a hash {c = count, e = window end (ms)}; the window starts at a key's first hit.
+local function fixed_current(key)
+  local v = redis.call('HMGET', key, 'c', 'e')
+  local e = tonumber(v[2])
+  if e == nil or now >= e then return 0, nil end
+  return tonumber(v[1]) or 0, e
+end
 
 local function fixed_window(key, amount, window, cost)
-  local ttl = redis.call('PTTL', key)
-  local count = 0
+  local count, e = fixed_current(key)
   local reset = window
-  local fresh = true
-  if ttl > 0 then
-    count = tonumber(redis.call('GET', key) or '0')
-    reset = ttl
-    fresh = false
-  end
-  local state = {fresh = fresh, reset = reset}
+  if e then reset = e - now end
+  local state = {e = e}
   if count + cost <= amount then
     return 1, amount - count - cost, reset, 0, state
   end
@@ -34,10 +62,11 @@ local function fixed_window(key, amount, window, cost)
 end
 
 local function consume_fixed(key, window, cost, state)
-  if state.fresh then
-    redis.call('SET', key, cost, 'PX', window)
+  if state.e then
+    redis.call('HINCRBY', key, 'c', cost)
   else
-    redis.call('INCRBY', key, cost)
+    redis.call('HSET', key, 'c', cost, 'e', now + window)
+    expire_at(key, now + window)
   end
 end
 
@@ -55,8 +84,7 @@ local function moving_window(key, amount, window, cost)
       used = used + c
     end
   end
-  local stale = #raw - #entries
-  local state = {stale = stale}
+  local state = {stale = #raw - #entries}
   if used + cost <= amount then
     return 1, amount - used - cost, window, 0, state
   end
@@ -77,7 +105,7 @@ end
 local function consume_moving(key, window, cost, state)
   for _ = 1, state.stale do redis.call('RPOP', key) end
   redis.call('LPUSH', key, now .. ':' .. cost)
-  redis.call('PEXPIRE', key, window)
+  expire_at(key, now + window)
 end
 
 -- Sliding-window counter: a hash {s = current window start, p = previous count, c = current}.
@@ -123,22 +151,120 @@ end
 
 local function consume_sliding(key, window, cost, state)
   redis.call('HSET', key, 's', state.start, 'p', state.prev, 'c', state.curr + cost)
-  redis.call('PEXPIRE', key, 2 * window)
+  expire_at(key, state.start + 2 * window)
 end
 
-local checks = {fw = fixed_window, mw = moving_window, sw = sliding_window}
-local consumes = {fw = consume_fixed, mw = consume_moving, sw = consume_sliding}
+-- GCRA: a hash {t = theoretical arrival time (ms), r = remainder in 1/amount ms}.
+local function gcra_backlog(key, amount)
+  local v = redis.call('HMGET', key, 't', 'r')
+  local tat = tonumber(v[1])
+  if tat == nil then return 0 end
+  return math.max((tat - now) * amount + (tonumber(v[2]) or 0), 0)
+end
+
+local function ceil_div(a, b)
+  return -math.floor(-a / b)
+end
+
+local function gcra(key, amount, window, cost, extra)
+  local burst = tonumber(extra)
+  if burst == nil or burst == 0 then burst = amount end
+  local capacity = burst * window
+  local backlog = gcra_backlog(key, amount)
+  local after = backlog + cost * window
+  local state = {after = after}
+  if after <= capacity then
+    return 1, math.floor((capacity - after) / window), ceil_div(after, amount), 0, state
+  end
+  local remaining = math.floor((capacity - backlog) / window)
+  local reset = ceil_div(backlog, amount)
+  if cost > burst then return 0, remaining, reset, -1, state end
+  return 0, remaining, reset, ceil_div(after - capacity, amount), state
+end
+
+local function gcra_store(key, amount, backlog)
+  local tat = now + math.floor(backlog / amount)
+  redis.call('HSET', key, 't', tat, 'r', backlog % amount)
+  expire_at(key, tat + 1)
+end
+
+local function consume_gcra(key, window, cost, state, amount)
+  gcra_store(key, amount, state.after)
+end
+
+-- Concurrency: a sorted set of the requests in flight, token -> time its slot lapses.
+local function concurrency(key, amount, window, cost, extra)
+  local in_flight = redis.call('ZCOUNT', key, '(' .. now, '+inf')
+  if in_flight + 1 <= amount then return 1, amount - in_flight - 1, 0, 0, {token = extra} end
+  -- When a slot frees is up to the requests in flight; ask again in a second.
+  return 0, amount - in_flight, 0, 1000, {token = extra}
+end
+
+local function consume_concurrency(key, window, cost, state)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  redis.call('ZADD', key, now + window, state.token)
+  expire_at(key, now + window)
+end
+
+-- Hand back what an "acquire" at `stamp` consumed (mirrors each strategy's refund()).
+local function refund(key, strategy, amount, window, cost, extra)
+  if strategy == 'fw' then
+    local _, e = fixed_current(key)
+    -- Only the window the hit was counted in can give it back.
+    if e and stamp >= e - window then
+      local left = redis.call('HINCRBY', key, 'c', -cost)
+      if left <= 0 then
+        if mode == 'undo' then redis.call('DEL', key) else redis.call('HSET', key, 'c', 0) end
+      end
+    end
+  elseif strategy == 'mw' then
+    redis.call('LREM', key, 1, stamp .. ':' .. cost)
+  elseif strategy == 'sw' then
+    local s = tonumber(redis.call('HGET', key, 's'))
+    if s == stamp - stamp % window and redis.call('HINCRBY', key, 'c', -cost) < 0 then
+      redis.call('HSET', key, 'c', 0)
+    end
+  elseif strategy == 'gc' then
+    if redis.call('EXISTS', key) == 1 then
+      gcra_store(key, amount, math.max(gcra_backlog(key, amount) - cost * window, 0))
+    end
+  else
+    redis.call('ZREM', key, extra)
+  end
+end
+
+local HIT_ARGS = 6
+local FIRST_HIT = 3
+
+if mode == 'refund' or mode == 'undo' then
+  for i = 1, #KEYS do
+    local b = FIRST_HIT + (i - 1) * HIT_ARGS
+    refund(KEYS[i], ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]),
+      tonumber(ARGV[b + 3]), ARGV[b + 5])
+  end
+  return {}
+end
+
+local checks = {
+  fw = fixed_window, mw = moving_window, sw = sliding_window, gc = gcra, cc = concurrency
+}
+local consumes = {
+  fw = consume_fixed, mw = consume_moving, sw = consume_sliding, gc = consume_gcra,
+  cc = consume_concurrency
+}
 
 local out = {}
 local pending = {}
 local admit = true
 for i = 1, #KEYS do
-  local base = 1 + (i - 1) * 5
-  local strategy = ARGV[base + 1]
-  local amount, window, cost = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-  local fits, remaining, reset, wait, state = checks[strategy](KEYS[i], amount, window, cost)
-  if fits == 0 and ARGV[base + 5] == '1' then admit = false end
-  pending[i] = {strategy, window, cost, state, fits}
+  local b = FIRST_HIT + (i - 1) * HIT_ARGS
+  local strategy = ARGV[b]
+  local amount, window = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local cost = tonumber(ARGV[b + 3])
+  local fits, remaining, reset, wait, state =
+    checks[strategy](KEYS[i], amount, window, cost, ARGV[b + 5])
+  if fits == 0 and ARGV[b + 4] == '1' then admit = false end
+  pending[i] = {strategy, window, cost, state, fits, amount}
   out[#out + 1] = fits
   out[#out + 1] = remaining
   out[#out + 1] = reset
@@ -148,13 +274,16 @@ end
 if mode == 'acquire' and admit then
   for i = 1, #KEYS do
     local p = pending[i]
-    if p[5] == 1 then consumes[p[1]](KEYS[i], p[2], p[3], p[4]) end
+    -- A shadow hit without room is reported, not consumed (as in the memory storage).
+    if p[5] == 1 then consumes[p[1]](KEYS[i], p[2], p[3], p[4], p[6]) end
   end
 else
-  -- Nothing consumed: a hit that fitted keeps its units.
+  -- Nothing consumed: a hit that fitted keeps its units (a concurrency slot is one unit).
   for i = 1, #KEYS do
     if out[(i - 1) * 4 + 1] == 1 then
-      out[(i - 1) * 4 + 2] = out[(i - 1) * 4 + 2] + pending[i][3]
+      local units = pending[i][3]
+      if pending[i][1] == 'cc' then units = 1 end
+      out[(i - 1) * 4 + 2] = out[(i - 1) * 4 + 2] + units
     end
   end
 end

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ratemw._core import Outcome, Step, StorageCall
@@ -56,8 +55,15 @@ async def arun(limiter: Limiter, steps: Step) -> Outcome:
                 elif step.fallback:
                     value = await _call_async(limiter.fallback_storage.async_, step)
                 else:
-                    storage = limiter.backends.async_
-                    value = await limiter.guard_async(partial(_call_async, storage, step))
+                    breaker = limiter.breaker
+                    breaker.before()
+                    try:
+                        value = await _call_async(limiter.backends.async_, step)
+                    except Exception as exc:
+                        breaker.failure(exc)
+                        raise
+                    if breaker.failures or breaker.incident:
+                        breaker.success()
             except Exception as exc:  # the core applies the failure mode
                 value = exc
         else:
@@ -79,6 +85,7 @@ def run(limiter: Limiter, steps: Step) -> Outcome:
     """Drive the decision with sync storage, running the user's async callables to the end."""
     value: Any = None
     error: BaseException | None = None
+    memory = limiter.backends.memory
     while True:
         try:
             step = steps.throw(error) if error is not None else steps.send(value)
@@ -87,12 +94,21 @@ def run(limiter: Limiter, steps: Step) -> Outcome:
         value = error = None
         if type(step) is StorageCall:
             try:
-                if step.fallback:
+                if memory is not None and not step.fallback:
+                    value = _call_sync(memory, step)
+                elif step.fallback:
                     value = _call_sync(limiter.fallback_storage.sync, step)
                 else:
-                    storage = limiter.backends.sync
-                    value = limiter.guard_sync(partial(_call_sync, storage, step))
-            except Exception as exc:
+                    breaker = limiter.breaker
+                    breaker.before()
+                    try:
+                        value = _call_sync(limiter.backends.sync, step)
+                    except Exception as exc:
+                        breaker.failure(exc)
+                        raise
+                    if breaker.failures or breaker.incident:
+                        breaker.success()
+            except Exception as exc:  # the core applies the failure mode
                 value = exc
         else:
             try:

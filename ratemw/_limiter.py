@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -385,28 +385,6 @@ class Limiter:
         if self._fallback is None:
             self._fallback = StorageBackends("memory://", clock=self.clock_ms)
         return self._fallback
-
-    async def guard_async(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Ask the async storage through the circuit breaker."""
-        self.breaker.before()
-        try:
-            result = await call()
-        except Exception as exc:
-            self.breaker.failure(exc)
-            raise
-        self.breaker.success()
-        return result
-
-    def guard_sync(self, call: Callable[[], T]) -> T:
-        """Ask the sync storage through the circuit breaker."""
-        self.breaker.before()
-        try:
-            result = call()
-        except Exception as exc:
-            self.breaker.failure(exc)
-            raise
-        self.breaker.success()
-        return result
 
     def reset(self) -> None:
         """Forget every count (sync storage; for tests and admin tasks)."""

@@ -34,5 +34,19 @@ def unavailable_response(path: str) -> tuple[int, list[tuple[str, str]], bytes]:
     return 503, headers, body
 
 
+_RAW_NAMES: dict[str, bytes] = {}
+
+
+def _raw_name(name: str) -> bytes:
+    raw = _RAW_NAMES.get(name)
+    if raw is None:
+        raw = _RAW_NAMES[name] = name.lower().encode("latin-1")
+    return raw
+
+
 def encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    """ASGI header pairs: lower-case names (a handful, encoded once) and latin-1 values."""
+    names = _RAW_NAMES
+    return [
+        (names.get(name) or _raw_name(name), value.encode("latin-1")) for name, value in headers
+    ]

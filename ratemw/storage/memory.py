@@ -73,9 +73,14 @@ class MemoryStorage:
             if len(hits) == 1:  # the common case, without the bookkeeping of a batch
                 hit = hits[0]
                 state = self._state(hit.key, now)
-                usage = STRATEGY_IMPLEMENTATIONS[hit.strategy].check(state, now, hit)
+                strategy = STRATEGY_IMPLEMENTATIONS[hit.strategy]
+                usage = strategy.check(state, now, hit)
                 if usage.fits:
-                    self._consume(hit, state, now)
+                    state = strategy.consume(state, now, hit)
+                    data = self._data
+                    data[hit.key] = (state, strategy.expires(state, hit))
+                    if len(data) > self.max_keys:
+                        self._make_room(now)
                 return [usage]
             states = []
             usages = []

@@ -75,7 +75,11 @@ class CircuitBreaker:
             return
         with self._lock:
             if self.incident:
-                logger.warning("storage %s is answering again; limits are enforced", self.name)
+                logger.warning(
+                    "storage %s is answering again; limits are enforced",
+                    self.name,
+                    extra={"ratemw": {"event": "storage_recovered", "storage": self.name}},
+                )
             self.failures = 0
             self.backoff = self.initial_backoff
             self.open_until = 0.0
@@ -86,7 +90,12 @@ class CircuitBreaker:
             self.failures += 1
             if not self.incident:
                 self.incident = True
-                logger.error("storage %s failed: %r", self.name, error)
+                logger.error(
+                    "storage %s failed: %r",
+                    self.name,
+                    error,
+                    extra={"ratemw": {"event": "storage_failed", "storage": self.name}},
+                )
             if self.failures >= self.threshold:
                 if self.open_until:  # a probe failed: wait longer next time
                     self.backoff = min(self.backoff * 2, self.max_backoff)

@@ -222,7 +222,19 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
             fallback=fallback,
         )
     exceeded = exceeded_for(limiter, decision, method, path)
-    logger.info("rate limit exceeded: %s", exceeded.detail)
+    logger.info(
+        "rate limit exceeded: %s",
+        exceeded.detail,
+        extra={
+            "ratemw": {
+                "event": "rate_limit_exceeded",
+                "route": plan.template,
+                "method": method,
+                "policies": [p.name for p in exceeded.violated],
+                "retry_after": exceeded.retry_after,
+            }
+        },
+    )
     yield from call_hook(limiter.on_breach, request, exceeded)
     return Outcome(headers=[], decision=decision, exceeded=exceeded)
 

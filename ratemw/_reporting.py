@@ -58,7 +58,11 @@ def shadow_breach(
     """Shadow limits that would have refused: logged, and ``on_breach`` with ``exc.shadow``."""
     for policy in decision.shadow_violated:
         logger.info(
-            "shadow limit exceeded (not enforced): %s on %s %s", policy.text, method, path
+            "shadow limit exceeded (not enforced): %s on %s %s",
+            policy.text,
+            method,
+            path,
+            extra={"ratemw": {"event": "shadow_limit_exceeded", "policy": policy.name}},
         )
     shadow = Decision(
         allowed=False,

@@ -56,6 +56,8 @@ def test_one_log_line_per_incident(caplog: pytest.LogCaptureFixture) -> None:
         breaker.success()
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2
+    events = [r.ratemw["event"] for r in caplog.records]  # type: ignore[attr-defined]
+    assert events == ["storage_failed", "storage_recovered"]
     assert "failed" in messages[0] and "answering again" in messages[1]
 
 

@@ -534,6 +534,23 @@ def test_hooks_sync_async_and_raising(clock: FakeClock) -> None:
     assert events == ["near per-minute 1", "breach 60"]
 
 
+def test_breaches_are_logged_with_structured_fields(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    limiter = Limiter(clock=clock)
+    client = make_client(limiter, decorate=limiter.limit("1/minute"))
+    with caplog.at_level("INFO", logger="ratemw"):
+        statuses(client, n=2)
+    [record] = [r for r in caplog.records if hasattr(r, "ratemw")]
+    assert record.ratemw == {  # type: ignore[attr-defined]
+        "event": "rate_limit_exceeded",
+        "route": "/",
+        "method": "GET",
+        "policies": ["per-minute"],
+        "retry_after": 60,
+    }
+
+
 def test_disabled_limiter_passes_everything(clock: FakeClock) -> None:
     limiter = Limiter(clock=clock, enabled=False)
     client = make_client(limiter, decorate=limiter.limit("1/minute"))

@@ -73,7 +73,7 @@ BIG_LIMIT = "1000000/minute"  # never reached: the cost of counting, not of refu
 PATH = "/ping"
 SLOW_TARGET = 1 / 3  # ratemw's overhead over slowapi's / flask-limiter's, at most
 FLOOR_TARGET = 1.2  # ratemw's overhead over one bare EVALSHA round trip, at most
-FLOOR_ARGS = ("acquire", 0, "fw", 1_000_000, 60_000, 1, 1, 0)  # one fixed-window hit
+FLOOR_ARGS = ("acquire 0", "fw 1000000 60000 1 1 0")  # one fixed-window hit
 
 
 async def _pong(request: Request) -> PlainTextResponse:

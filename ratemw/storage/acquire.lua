@@ -2,23 +2,25 @@
 -- fits (all-or-nothing), in one round trip, on the Redis server's clock.
 --
 -- KEYS[i]: the storage key of hit i (all in one hash slot on a cluster).
--- ARGV[1]: mode: "acquire", "peek", "refund" (give back what an acquire at ARGV[2] took),
---   "undo" (the same, for a request that was refused after all: a fixed window it opened
---   is closed again, as if the request had never come);
--- ARGV[2]: a time in ms: for "acquire"/"peek" the clock to use instead of this server's
---   ("0": this server's; a request spanning cluster slots uses its first slot's time on all
---   of them, so that every hit carries one stamp), for "refund"/"undo" the acquire's time;
--- then 6 values per hit: strategy ("fw" fixed window, "mw" moving window, "sw"
--- sliding-window counter, "gc" GCRA, "cc" concurrency), amount, window (ms), cost,
--- enforce ("1"/"0"), extra (GCRA: burst, 0 = amount; concurrency: the request's token).
+-- ARGV[1]: "<mode> <time>". mode: "acquire", "peek", "refund" (give back what an acquire
+--   at <time> took), "undo" (the same, for a request that was refused after all: a fixed
+--   window it opened is closed again, as if the request had never come). time, in ms: for
+--   "acquire"/"peek" the clock to use instead of this server's ("0": this server's; a
+--   request spanning cluster slots uses its first slot's time on all of them, so that every
+--   hit carries one stamp), for "refund"/"undo" the acquire's time;
+-- ARGV[1 + i]: hit i as "<strategy> <amount> <window ms> <cost> <enforce 1/0> <extra>":
+--   strategy "fw" fixed window, "mw" moving window, "sw" sliding-window counter, "gc" GCRA,
+--   "cc" concurrency; extra is the GCRA burst (0 = amount) or the concurrency token.
+--   (One argument per hit rather than six: every argument costs the client time to pack.)
 -- Returns 4 integers per hit: fits (1/0), remaining, reset (ms), wait (ms, -1 = never),
 -- then the time (ms) the decision was made at; "refund"/"undo" return {}.
 --
 -- The arithmetic mirrors ratemw/storage/_strategies.py line for line. Every number stays
 -- an integer below 2^53, where Lua's doubles are exact.
 
-local mode = ARGV[1]
-local now = tonumber(ARGV[2])
+local tonumber, math, string, redis = tonumber, math, string, redis
+local mode, time_arg = string.match(ARGV[1], '^(%a+) (%d+)$')
+local now = tonumber(time_arg)
 if mode == 'acquire' or mode == 'peek' then
   if now == 0 then
     local t = redis.call('TIME')
@@ -28,7 +30,7 @@ else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local stamp = tonumber(ARGV[2])
+local stamp = tonumber(time_arg)
 
 -- Every decision compares times on `now` (TIME, or the request's clock) with times stored in
 -- the keys; expiry only reclaims memory. A key outlives its last use by this margin, so that
@@ -233,14 +235,12 @@ local function refund(key, strategy, amount, window, cost, extra)
   end
 end
 
-local HIT_ARGS = 6
-local FIRST_HIT = 3
+local HIT = '^(%S+) (%d+) (%d+) (%d+) ([01]) (%S*)$'
 
 if mode == 'refund' or mode == 'undo' then
   for i = 1, #KEYS do
-    local b = FIRST_HIT + (i - 1) * HIT_ARGS
-    refund(KEYS[i], ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]),
-      tonumber(ARGV[b + 3]), ARGV[b + 5])
+    local strategy, amount, window, cost, _, extra = string.match(ARGV[i + 1], HIT)
+    refund(KEYS[i], strategy, tonumber(amount), tonumber(window), tonumber(cost), extra)
   end
   return {}
 end
@@ -257,13 +257,11 @@ local out = {}
 local pending = {}
 local admit = true
 for i = 1, #KEYS do
-  local b = FIRST_HIT + (i - 1) * HIT_ARGS
-  local strategy = ARGV[b]
-  local amount, window = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
-  local cost = tonumber(ARGV[b + 3])
+  local strategy, amount, window, cost, enforce, extra = string.match(ARGV[i + 1], HIT)
+  amount, window, cost = tonumber(amount), tonumber(window), tonumber(cost)
   local fits, remaining, reset, wait, state =
-    checks[strategy](KEYS[i], amount, window, cost, ARGV[b + 5])
-  if fits == 0 and ARGV[b + 4] == '1' then admit = false end
+    checks[strategy](KEYS[i], amount, window, cost, extra)
+  if fits == 0 and enforce == '1' then admit = false end
   pending[i] = {strategy, window, cost, state, fits, amount}
   out[#out + 1] = fits
   out[#out + 1] = remaining

@@ -10,10 +10,11 @@ one slot. A request whose limits count different identities (say, per user and p
 spans slots; it then takes one script call per slot, consuming in turn and handing back what
 it took if a later slot refuses, so it never over-admits.
 
-Failures are bounded: every command has a socket timeout (0.25 s by default), a lost
+Failures are bounded: every command has a socket timeout (0.1 s by default), a lost
 connection is retried once (a pooled connection may have died with a restarted server), a
 timed-out command never (the script may have run), and at most ``max_connections`` commands
-are in flight per storage.
+are in flight per storage. A command queued for a free connection is not sent when one ahead
+of it failed meanwhile, so no request waits for more than one timeout.
 """
 
 from __future__ import annotations
@@ -326,10 +327,12 @@ def _tag(hit: Hit) -> str:
 def script_args(hits: Sequence[Hit], mode: str, stamp: int = 0) -> tuple[list[str], list[Any]]:
     """``KEYS`` and ``ARGV`` of ``acquire.lua`` for ``hits``."""
     keys = [hit.key for hit in hits]
-    args: list[Any] = [mode, stamp]
+    args: list[Any] = [f"{mode} {stamp}"]
     for hit in hits:
         extra = hit.token if hit.strategy == CONCURRENCY else hit.burst
-        args += [_tag(hit), hit.amount, hit.window_ms, hit.cost, int(hit.enforce), extra]
+        args.append(
+            f"{_tag(hit)} {hit.amount} {hit.window_ms} {hit.cost} {int(hit.enforce)} {extra}"
+        )
     return keys, args
 
 
@@ -495,6 +498,25 @@ class BlockedCache:
             self._entries.clear()
 
 
+# A timeout or a broken connection: the server (or the way to it) is failing.
+_UNHEALTHY = (redis.ConnectionError, redis.TimeoutError)
+
+
+class _FailedAhead(redis.ConnectionError):
+    """A command that waited for a free connection is not sent: one ahead of it failed.
+
+    When the server hangs, every connection is soon busy waiting out its socket timeout and
+    further requests queue for one. Sending them on as connections free up would make each
+    wait for a connection *and then* for its own timeout, several timeouts in a row; they
+    fail as soon as a command ahead of them does instead, so no request waits on an
+    unhealthy server for longer than one socket timeout (and the limiter's circuit breaker
+    spares the next ones the wait altogether).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("Redis is failing: a command ahead of this one failed; not sent")
+
+
 def _storage_error(config: RedisConfig, exc: BaseException) -> StorageError:
     error = StorageError(f"Redis storage {config.safe_uri} failed: {exc!r}")
     error.__cause__ = exc
@@ -542,6 +564,7 @@ class RedisStorage:
         # A lost Sentinel connection is retried here (see _connection_options).
         self._attempts = 2 if self.config.kind == "sentinel" else 1
         self._slots = threading.BoundedSemaphore(self.config.options["max_connections"])
+        self._failures = 0  # commands lost to timeouts and broken connections (see _FailedAhead)
         self._client: Any = None
         self._closers: list[Any] = []
         self._lock = threading.Lock()
@@ -556,8 +579,13 @@ class RedisStorage:
         return self._client
 
     def _script(self, keys: list[str], args: list[Any]) -> Any:
-        if not self._slots.acquire(timeout=self.config.options["pool_timeout"]):
-            raise redis.ConnectionError("no free Redis connection (pool_timeout)")
+        if not self._slots.acquire(blocking=False):  # every connection busy: wait, not for ever
+            failures = self._failures
+            if not self._slots.acquire(timeout=self.config.options["pool_timeout"]):
+                raise redis.ConnectionError("no free Redis connection (pool_timeout)")
+            if self._failures != failures:
+                self._slots.release()
+                raise _FailedAhead()
         try:
             client = self.client
             for attempt in range(self._attempts):
@@ -569,6 +597,9 @@ class RedisStorage:
                 except redis.ConnectionError:
                     if attempt + 1 == self._attempts:
                         raise
+        except _UNHEALTHY:
+            self._failures += 1
+            raise
         finally:
             self._slots.release()
 
@@ -672,6 +703,7 @@ class AsyncRedisStorage:
         # A lost Sentinel connection is retried here (see _connection_options).
         self._attempts = 2 if self.config.kind == "sentinel" else 1
         self._slots = asyncio.Semaphore(self.config.options["max_connections"])
+        self._failures = 0  # commands lost to timeouts and broken connections (see _FailedAhead)
         self.client, self._closers = build_client(self.config, asynchronous=True)
         self._ready = not self.cluster
         self._init_lock: asyncio.Lock | None = None
@@ -704,10 +736,14 @@ class AsyncRedisStorage:
     async def _script(self, keys: list[str], args: list[Any]) -> Any:
         slots = self._slots
         if slots.locked():  # every connection busy: wait, but not for ever
+            failures = self._failures
             try:
                 await asyncio.wait_for(slots.acquire(), self.config.options["pool_timeout"])
             except asyncio.TimeoutError:
                 raise redis.ConnectionError("no free Redis connection (pool_timeout)") from None
+            if self._failures != failures:
+                slots.release()
+                raise _FailedAhead()
         else:
             await slots.acquire()
         try:
@@ -720,6 +756,9 @@ class AsyncRedisStorage:
                 except redis.ConnectionError:
                     if attempt + 1 == self._attempts:
                         raise
+        except _UNHEALTHY:
+            self._failures += 1
+            raise
         finally:
             slots.release()
 

@@ -34,6 +34,11 @@ pytest: $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python -m benchmarks.asgi_overhead
+	$(BIN)/python -m benchmarks.wsgi_overhead
+	$(BIN)/python -m benchmarks.redis_overhead
+
+docs: $(VENV)/.test-installed
+	$(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ratemw._decision import Decision, decide, rate_limit_headers, sf_string
 from ratemw._exceptions import StorageError
+from ratemw._groups import LimitGroup
 from ratemw._plans import Entry, Plan, Slot, key_tail, storage_key, unique_name
 from ratemw._quota import Quota, parse_quotas
 from ratemw._reporting import call_hook, exceeded_for, near_limit, shadow_breach
@@ -181,7 +182,8 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
     result = yield StorageCall(hits)
     fallback = False
     if isinstance(result, BaseException):
-        failed = yield from _storage_failed(limiter, request, hits, result)
+        mode = _failure_mode(limiter, [entry.group for entry, _, _, _ in used])
+        failed = yield from _storage_failed(limiter, request, hits, result, mode)
         if not isinstance(failed, list):
             return failed
         result, fallback = failed, True
@@ -299,8 +301,17 @@ def _key_failed(key: Any, request: Any) -> str:
     return "key-error:" + FALLBACK_KEY(request)
 
 
+_SEVERITY = {"allow": 0, "fallback": 1, "deny": 2}
+
+
+def _failure_mode(limiter: Limiter, groups: list[LimitGroup]) -> str:
+    """The strictest failure mode among the request's limits (each defaults to the limiter's)."""
+    modes = {group.failure_mode or limiter.failure_mode for group in groups}
+    return max(modes, key=_SEVERITY.__getitem__) if modes else limiter.failure_mode
+
+
 def _storage_failed(
-    limiter: Limiter, request: Any, hits: list[Hit], error: BaseException
+    limiter: Limiter, request: Any, hits: list[Hit], error: BaseException, mode: str
 ) -> Generator[Any, Any, Outcome | list[Usage]]:
     if limiter.metrics is not None:
         limiter.metrics.storage_error()
@@ -309,9 +320,9 @@ def _storage_failed(
         wrapped.__cause__ = error
         error = wrapped
     yield from call_hook(limiter.on_storage_error, request, error)
-    if limiter.failure_mode == "deny":
+    if mode == "deny":
         return Outcome(headers=[], unavailable=True)
-    if limiter.failure_mode == "fallback":
+    if mode == "fallback":
         result = yield StorageCall(hits, fallback=True)
         if not isinstance(result, BaseException):
             return list(result)

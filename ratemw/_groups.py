@@ -21,6 +21,7 @@ HTTP_METHODS = frozenset(
 # WebSocket handshakes are matched as method "WEBSOCKET" (they have no HTTP method in ASGI).
 KNOWN_METHODS = HTTP_METHODS | {"WEBSOCKET"}
 
+FAILURE_MODES = ("allow", "deny", "fallback")
 LimitValue = str | Callable[[Any], Any]
 CostValue = int | Callable[[Any], Any]
 
@@ -77,6 +78,7 @@ class LimitGroup:
     override_defaults: bool = True
     shadow: bool | None = None
     deduct_when: Callable[[Any], Any] | None = None
+    failure_mode: str | None = None
     quotas: tuple[Quota, ...] | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -93,6 +95,11 @@ class LimitGroup:
         check_callable(self.key, f"{what}: key")
         check_callable(self.exempt_when, f"{what}: exempt_when")
         check_callable(self.deduct_when, f"{what}: deduct_when")
+        if self.failure_mode is not None and self.failure_mode not in FAILURE_MODES:
+            raise ConfigurationError(
+                f"{what}: unknown failure_mode {self.failure_mode!r}; "
+                f"expected one of {list(FAILURE_MODES)}"
+            )
         if isinstance(self.cost, bool) or not (
             (isinstance(self.cost, int) and self.cost >= 1) or callable(self.cost)
         ):

@@ -12,7 +12,14 @@ from ratemw._breaker import CircuitBreaker
 from ratemw._core import KeyHasher
 from ratemw._decision import HEADER_MODES, Decision
 from ratemw._exceptions import ConfigurationError
-from ratemw._groups import CostValue, LimitGroup, LimitValue, check_callable, groups_from
+from ratemw._groups import (
+    FAILURE_MODES,
+    CostValue,
+    LimitGroup,
+    LimitValue,
+    check_callable,
+    groups_from,
+)
 from ratemw._plans import Plan, compile_plan
 from ratemw._rules import Rule, check_rules, rule_groups
 from ratemw.keys import client_ip
@@ -26,7 +33,6 @@ T = TypeVar("T")
 
 logger = logging.getLogger("ratemw")
 
-FAILURE_MODES = ("allow", "deny", "fallback")
 
 
 class Metrics(Protocol):
@@ -248,6 +254,7 @@ class Limiter:
         override_defaults: bool = True,
         shadow: bool | None = None,
         deduct_when: Callable[[Any], Any] | None = None,
+        failure_mode: str | None = None,
     ) -> Callable[[F], F]:
         """Limit one route. The endpoint is returned unchanged: no ``request`` parameter needed.
 
@@ -271,6 +278,9 @@ class Limiter:
             deduct_when: a callable of the response (``status_code``, ``headers``), sync or
                 async; when it returns false the request is refunded once the response is
                 over, e.g. ``lambda r: r.status_code < 500`` so server errors do not count.
+            failure_mode: what this limit does when storage fails (default: the limiter's).
+                When limits of one request disagree, the strictest wins: ``deny``, then
+                ``fallback``, then ``allow``.
         """
         return self._register(
             self._check_groups(groups_from(
@@ -284,6 +294,7 @@ class Limiter:
                 override_defaults=override_defaults,
                 shadow=shadow,
                 deduct_when=deduct_when,
+                failure_mode=failure_mode,
             ))
         )
 
@@ -300,6 +311,7 @@ class Limiter:
         override_defaults: bool = True,
         shadow: bool | None = None,
         deduct_when: Callable[[Any], Any] | None = None,
+        failure_mode: str | None = None,
     ) -> Callable[[F], F]:
         """Limit several routes together: every route decorated with one ``scope`` shares counts.
 
@@ -327,6 +339,7 @@ class Limiter:
                 override_defaults=override_defaults,
                 shadow=shadow,
                 deduct_when=deduct_when,
+                failure_mode=failure_mode,
             ))
         )
 

@@ -41,7 +41,8 @@ class Rule:
         limit: a limit string (``"100/minute;1000/hour"``) or a callable of the request.
         methods: HTTP methods the rule applies to (all when omitted); ``"WEBSOCKET"`` matches
             WebSocket handshakes.
-        key, cost, per_method, exempt_when, shadow, deduct_when: as for ``Limiter.limit``.
+        key, cost, per_method, exempt_when, shadow, deduct_when, failure_mode: as for
+            ``Limiter.limit``.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class Rule:
         exempt_when: Callable[[Any], Any] | None = None,
         shadow: bool | None = None,
         deduct_when: Callable[[Any], Any] | None = None,
+        failure_mode: str | None = None,
     ) -> None:
         self.path = path
         self._regex = _compile(path)
@@ -70,6 +72,7 @@ class Rule:
             exempt_when=exempt_when,
             shadow=shadow,
             deduct_when=deduct_when,
+            failure_mode=failure_mode,
         )
         self.limit = limit
         self.methods = self.groups[0].methods if self.groups else None

@@ -44,7 +44,7 @@ from typing import Any
 
 from ratemw import keys
 from ratemw._exceptions import ConfigurationError
-from ratemw._groups import normalize_methods
+from ratemw._groups import FAILURE_MODES, normalize_methods
 from ratemw._limiter import Limiter
 from ratemw._rules import Rule
 
@@ -71,7 +71,7 @@ _NUMBER_KEYS = frozenset({"near_limit_ratio", "concurrency_timeout"})
 _TABLE_KEYS = frozenset({"storage_options", "breaker"})
 _RULE_KEYS = (
     "path", "limit", "methods", "per_method", "shadow", "key", "cost", "exempt_when",
-    "deduct_when",
+    "deduct_when", "failure_mode",
 )
 _KEY_TYPES: dict[str, Callable[..., Any]] = {"client_ip": keys.client_ip, "header": keys.header}
 _TOML_WHERE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
@@ -418,6 +418,8 @@ def _rule_value(where: _Where, name: str, key: str, value: Any) -> Any:
             raise _bad(where, name, value, "a positive integer or an import path")
     if key in ("exempt_when", "deduct_when"):
         return _callable(where, name, value)
+    if key == "failure_mode" and value not in FAILURE_MODES:
+        raise _bad(where, name, value, f"one of {list(FAILURE_MODES)}")
     return value
 
 

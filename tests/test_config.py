@@ -389,3 +389,13 @@ def test_breaker_settings() -> None:
         loads("breaker = { treshold = 5 }", env={})
     assert str(error.value).startswith("ratemw.toml: breaker: ")
     assert "'treshold'" in str(error.value)
+
+
+def test_rules_take_a_failure_mode() -> None:
+    config = loads(
+        '[[rules]]\npath = "/pay/*"\nlimit = "5/minute"\nfailure_mode = "deny"\n', env={}
+    )
+    assert config.rules[0].groups[0].failure_mode == "deny"
+    with pytest.raises(ConfigurationError) as info:
+        loads('[[rules]]\npath = "/pay/*"\nlimit = "5/minute"\nfailure_mode = "panic"\n', env={})
+    assert "'panic'" in str(info.value) and "failure_mode" in str(info.value)

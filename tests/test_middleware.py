@@ -592,6 +592,36 @@ def test_failure_modes(clock: FakeClock, mode: str, expected: int) -> None:
     assert errors and type(errors[0]).__name__ == "StorageError"
 
 
+def test_failure_mode_per_limit_strictest_wins(clock: FakeClock) -> None:
+    limiter = Limiter(clock=clock, failure_mode="allow", application_limits="100/minute")
+    limiter.backends._async = BrokenStorage()  # type: ignore[assignment]
+    limiter.backends.memory = None
+
+    @limiter.limit("5/minute", failure_mode="deny")
+    async def payments(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("paid")
+
+    @limiter.limit("1/minute", failure_mode="fallback")
+    async def search(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("found")
+
+    client = make_client(limiter, routes=[
+        Route("/pay", payments), Route("/search", search), Route("/other", ok),
+        Route("/ruled", ok),
+    ], rules=[Rule("/ruled", "5/minute", failure_mode="deny")])
+    assert client.get("/pay").status_code == 503  # deny beats the limiter's allow
+    assert statuses(client, "/search", 2) == [200, 429]  # fallback: memory limits
+    assert statuses(client, "/other", 3) == [200, 200, 200]  # the limiter's allow
+    assert client.get("/ruled").status_code == 503
+
+
+def test_unknown_per_limit_failure_mode_is_refused() -> None:
+    from ratemw import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="'explode'"):
+        Limiter().limit("5/minute", failure_mode="explode")
+
+
 # -- protocol details ----------------------------------------------------------------------------
 
 

@@ -183,7 +183,9 @@ def test_metrics_prometheus_shortcut() -> None:
 
 # Every Limiter keyword argument but the clock (tests only) is a key; the list follows Limiter.
 VALID = ", ".join(sorted(set(inspect.signature(Limiter).parameters) - {"clock"}))
-RULE_KEYS = "path, limit, methods, per_method, shadow, key, cost, exempt_when, deduct_when"
+RULE_KEYS = (
+    "path, limit, methods, per_method, shadow, key, cost, exempt_when, deduct_when, failure_mode"
+)
 
 
 @pytest.mark.parametrize(

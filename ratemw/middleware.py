@@ -63,11 +63,31 @@ class RateLimitMiddleware:
         self.rules = limiter.check_rules(rules)
         self.handler = handler
         self._plans: dict[tuple[str, str, str, str], Plan] = {}
+        self._documented = False
+
+    def _document(self, app: Any) -> None:
+        """Document the limits in a FastAPI app's OpenAPI schema, before it is first built."""
+        self._documented = True
+        if not type(app).__module__.startswith("fastapi") or not hasattr(app, "openapi"):
+            return
+        if getattr(app.openapi, "_ratemw_documented", False):
+            return  # the app called document_rate_limits itself
+        from ratemw.contrib.openapi import install
+
+        # Rules given through app.add_middleware are found there; others are passed on.
+        registered = any(
+            getattr(m, "cls", None) is RateLimitMiddleware
+            and getattr(m, "kwargs", {}).get("limiter") is self.limiter
+            for m in getattr(app, "user_middleware", ())
+        )
+        install(app, self.limiter, () if registered else self.rules, by="middleware")
 
     def _plan(self, scope: Scope, method: str, path: str) -> Plan:
         cache_key = (scope["type"], method, scope.get("root_path", ""), path)
         plan = self._plans.get(cache_key)
         if plan is None:
+            if not self._documented:
+                self._document(scope.get("app"))
             endpoint, template = resolve(scope.get("app") or self.app, dict(scope))
             plan = self.limiter.plan(endpoint, template, path, method, self.rules)
             if len(self._plans) >= _PLAN_CACHE_SIZE:

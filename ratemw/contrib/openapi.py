@@ -286,8 +286,16 @@ def document_rate_limits(app: FastAPI, limiter: Limiter, *, rules: Iterable[Rule
     if not isinstance(limiter, Limiter):
         raise ConfigurationError(f"limiter must be a ratemw.Limiter, got {limiter!r}")
     extra = check_rules(rules)
-    if getattr(app.openapi, "_ratemw_documented", False):
+    documented_by = getattr(app.openapi, "_ratemw_documented", False)
+    if documented_by == "middleware" and not extra:
+        return  # the middleware did it on the first request, with the same limits
+    if documented_by:
         raise ConfigurationError("document_rate_limits() was already called on this app")
+    install(app, limiter, extra, by="document_rate_limits")
+
+
+def install(app: FastAPI, limiter: Limiter, extra: tuple[Rule, ...], *, by: str) -> None:
+    """Wrap ``app.openapi`` so the schema documents ``limiter``'s limits (see above)."""
     original = app.openapi
     documented: list[dict[str, Any]] = []  # the schema last documented
 
@@ -301,7 +309,7 @@ def document_rate_limits(app: FastAPI, limiter: Limiter, *, rules: Iterable[Rule
         documented[:] = [schema]
         return schema
 
-    openapi._ratemw_documented = True  # type: ignore[attr-defined]
+    openapi._ratemw_documented = by  # type: ignore[attr-defined]
     app.openapi = openapi  # type: ignore[method-assign]
 
 

@@ -199,3 +199,29 @@ def test_documenting_twice_is_refused() -> None:
         document_rate_limits(app, limiter)
     with pytest.raises(ConfigurationError, match=r"must be a ratemw\.Limiter"):
         document_rate_limits(FastAPI(), object())  # type: ignore[arg-type]
+
+
+def test_the_middleware_documents_a_fastapi_app_by_itself() -> None:
+    limiter = Limiter()
+    app = FastAPI()
+    app.add_middleware(RateLimitMiddleware, limiter=limiter, rules=[Rule("/ruled", "3/minute")])
+
+    @app.get("/limited")
+    @limiter.limit("5/minute")
+    async def limited() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/ruled")
+    async def ruled() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/free")
+    async def free() -> dict[str, bool]:
+        return {"ok": True}
+
+    schema = TestClient(app).get("/openapi.json").json()  # the very first request
+    assert "429" in schema["paths"]["/limited"]["get"]["responses"]
+    assert schema["paths"]["/ruled"]["get"]["responses"]["429"]["description"].endswith(
+        "(3/minute)."
+    )
+    assert "429" not in schema["paths"]["/free"]["get"]["responses"]

@@ -26,6 +26,11 @@ class CircuitOpen(StorageError):
 class CircuitBreaker:
     """Counts storage failures and decides whether to ask the storage at all.
 
+    Closed, it lets every request through and counts consecutive failures; at ``threshold``
+    it opens for ``backoff`` seconds. Then one request at a time probes: a success closes the
+    circuit, a failure reopens it for twice as long (up to ``max_backoff``). Failures of
+    requests that were already waiting when the circuit opened are not counted again.
+
     Args:
         threshold: consecutive failures that open the circuit.
         backoff: seconds the circuit first stays open.
@@ -39,7 +44,7 @@ class CircuitBreaker:
         *,
         threshold: int = 3,
         backoff: float = 0.5,
-        max_backoff: float = 15.0,
+        max_backoff: float = 2.0,
         name: str = "storage",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -58,6 +63,7 @@ class CircuitBreaker:
         self.failures = 0
         self.backoff = backoff
         self.open_until = 0.0
+        self.probe_until = 0.0  # while a probe is out, others do not wait with it
         self.incident = False
         self._lock = threading.Lock()
 
@@ -67,8 +73,17 @@ class CircuitBreaker:
 
     def before(self) -> None:
         """Raise ``CircuitOpen`` instead of letting a request wait on a failing storage."""
-        if self.open_until and self.clock() < self.open_until:
+        if not self.open_until:
+            return
+        now = self.clock()
+        if now < self.open_until:
             raise CircuitOpen(f"{self.name} is failing; not asked for {self.backoff:g}s")
+        with self._lock:
+            if now < self.probe_until:
+                raise CircuitOpen(f"{self.name} is failing; a probe is under way")
+            # This request probes. Should it never report back (cancelled), another may
+            # probe after one more backoff.
+            self.probe_until = now + self.backoff
 
     def success(self) -> None:
         if not self.failures and not self.incident:
@@ -83,11 +98,12 @@ class CircuitBreaker:
             self.failures = 0
             self.backoff = self.initial_backoff
             self.open_until = 0.0
+            self.probe_until = 0.0
             self.incident = False
 
     def failure(self, error: BaseException) -> None:
         with self._lock:
-            self.failures += 1
+            now = self.clock()
             if not self.incident:
                 self.incident = True
                 logger.error(
@@ -96,7 +112,12 @@ class CircuitBreaker:
                     error,
                     extra={"ratemw": {"event": "storage_failed", "storage": self.name}},
                 )
-            if self.failures >= self.threshold:
-                if self.open_until:  # a probe failed: wait longer next time
-                    self.backoff = min(self.backoff * 2, self.max_backoff)
-                self.open_until = self.clock() + self.backoff
+            if now < self.open_until:
+                return  # a request that was already waiting when the circuit opened
+            self.failures += 1
+            if self.open_until:  # a probe failed: wait longer next time
+                self.backoff = min(self.backoff * 2, self.max_backoff)
+                self.open_until = now + self.backoff
+                self.probe_until = 0.0
+            elif self.failures >= self.threshold:
+                self.open_until = now + self.backoff

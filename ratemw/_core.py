@@ -106,9 +106,10 @@ class KeyHasher:
             return cached
         raw = identity[:MAX_KEY_LENGTH].encode("utf-8", "surrogatepass")
         digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
-        if len(self.cache) >= _HASH_CACHE_SIZE:
-            self.cache.clear()
-        self.cache[identity] = digest
+        if len(identity) <= MAX_KEY_LENGTH:  # a flood of huge values must not be kept
+            if len(self.cache) >= _HASH_CACHE_SIZE:
+                self.cache.clear()
+            self.cache[identity] = digest
         return digest
 
 
@@ -182,7 +183,8 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
     result = yield StorageCall(hits)
     fallback = False
     if isinstance(result, BaseException):
-        mode = _failure_mode(limiter, [entry.group for entry, _, _, _ in used])
+        # A shadow limit refuses nothing, storage or not: only enforced limits choose.
+        mode = _failure_mode(limiter, [entry.group for entry, _, _, enforce in used if enforce])
         failed = yield from _storage_failed(limiter, request, hits, result, mode)
         if not isinstance(failed, list):
             return failed
@@ -307,7 +309,7 @@ _SEVERITY = {"allow": 0, "fallback": 1, "deny": 2}
 def _failure_mode(limiter: Limiter, groups: list[LimitGroup]) -> str:
     """The strictest failure mode among the request's limits (each defaults to the limiter's)."""
     modes = {group.failure_mode or limiter.failure_mode for group in groups}
-    return max(modes, key=_SEVERITY.__getitem__) if modes else limiter.failure_mode
+    return max(modes, key=_SEVERITY.__getitem__) if modes else "allow"
 
 
 def _storage_failed(

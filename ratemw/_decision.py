@@ -238,4 +238,9 @@ def denial_headers(decision: Decision, modes: Sequence[str], now_s: int) -> list
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # A path that was not valid UTF-8 may reach us as lone surrogates: JSON escapes them.
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode("ascii")

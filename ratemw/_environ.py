@@ -16,13 +16,17 @@ if TYPE_CHECKING:
 __all__ = ["request_path", "wsgi_scope"]
 
 _HEADER_NAMES: dict[str, bytes] = {}
+_HEADER_NAMES_SIZE = 1024  # clients may invent names: the cache must not grow for ever
 
 
 def _header_name(key: str) -> bytes:
     name = _HEADER_NAMES.get(key)
     if name is None:
         # "HTTP_X_API_KEY" -> b"x-api-key": the form ASGI servers put in scope["headers"].
-        name = _HEADER_NAMES[key] = key[5:].replace("_", "-").lower().encode("latin-1")
+        name = key[5:].replace("_", "-").lower().encode("latin-1")
+        if len(_HEADER_NAMES) >= _HEADER_NAMES_SIZE:
+            _HEADER_NAMES.clear()
+        _HEADER_NAMES[key] = name
     return name
 
 

@@ -115,7 +115,7 @@ class Limiter:
         concurrency_timeout: seconds after which a concurrency slot (``"5 concurrent"``)
             that was never released (a crashed worker) lapses.
         breaker: circuit breaker settings: ``threshold`` (consecutive failures that open it,
-            default 3), ``backoff`` (seconds it first stays open, 0.5), ``max_backoff`` (15).
+            default 3), ``backoff`` (seconds it first stays open, 0.5), ``max_backoff`` (2).
         metrics: an object with ``observe(route, decision, seconds)`` and ``storage_error()``,
             such as ``ratemw.metrics.PrometheusMetrics()``.
     """

@@ -20,7 +20,9 @@ def _compile(pattern: str) -> re.Pattern[str]:
         raise ConfigurationError(f"rule path {pattern!r} can never match: it contains white space")
     # '*' matches any run of characters, '/' included; everything else is literal.
     parts = re.split(r"(\*)", pattern)
-    return re.compile("".join(".*" if part == "*" else re.escape(part) for part in parts) + r"\Z")
+    # DOTALL: a decoded "%0A" in a path must not slip past a '*'.
+    pattern_text = "".join(".*" if part == "*" else re.escape(part) for part in parts) + r"\Z"
+    return re.compile(pattern_text, re.DOTALL)
 
 
 class Rule:

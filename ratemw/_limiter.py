@@ -178,11 +178,11 @@ class Limiter:
         self.backends = StorageBackends(
             storage, options=storage_options, clock=clock, key_prefix=key_prefix
         )
-        if self.backends.scheme != "memory" and strategy not in STRATEGIES:
+        if self.backends.scheme != "memory" and not _redis_serves(strategy):
             raise ConfigurationError(
                 f"strategy {strategy!r} is not served by {self.backends.scheme!r} storage: "
-                f"Redis storages count {list(STRATEGIES)} (strategies of your own run on "
-                "memory://)"
+                f"Redis storages count {list(STRATEGIES)} and strategies of your own that "
+                "bring their Lua (a 'lua' attribute)"
             )
         self._fallback: StorageBackends | None = None
         self.key: Callable[[Any], Any] = key or client_ip()
@@ -413,6 +413,12 @@ class Limiter:
 
 
 _MAX_UNWRAP = 16
+
+
+def _redis_serves(strategy: str) -> bool:
+    from ratemw.storage.redis import serves
+
+    return serves(strategy)
 
 
 def _declaration_targets(endpoint: Any, method: str) -> list[Any]:

@@ -292,8 +292,10 @@ STRATEGY_IMPLEMENTATIONS: dict[str, Strategy] = {
 def register_strategy(strategy: Strategy) -> None:
     """Make a strategy of your own available as ``Limiter(strategy=strategy.name)``."""
     name = getattr(strategy, "name", None)
-    if not isinstance(name, str) or not name:
-        raise ConfigurationError(f"a strategy needs a non-empty string name, got {name!r}")
+    if not isinstance(name, str) or not name or any(ch.isspace() for ch in name):
+        raise ConfigurationError(
+            f"a strategy needs a non-empty name without white space, got {name!r}"
+        )
     for method in ("check", "consume", "refund", "expires"):
         if not callable(getattr(strategy, method, None)):
             raise ConfigurationError(f"strategy {name!r} has no {method}() method")

@@ -208,6 +208,17 @@ local function consume_concurrency(key, window, cost, state)
   expire_at(key, now + window)
 end
 
+local checks = {
+  fw = fixed_window, mw = moving_window, sw = sliding_window, gc = gcra, cc = concurrency
+}
+local consumes = {
+  fw = consume_fixed, mw = consume_moving, sw = consume_sliding, gc = consume_gcra,
+  cc = consume_concurrency
+}
+local refunds = {}
+
+-- ratemw: strategies of your own are inserted here --
+
 -- Hand back what an "acquire" at `stamp` consumed (mirrors each strategy's refund()).
 local function refund(key, strategy, amount, window, cost, extra)
   if strategy == 'fw' then
@@ -230,8 +241,10 @@ local function refund(key, strategy, amount, window, cost, extra)
     if redis.call('EXISTS', key) == 1 then
       gcra_store(key, amount, math.max(gcra_backlog(key, amount) - cost * window, 0))
     end
-  else
+  elseif strategy == 'cc' then
     redis.call('ZREM', key, extra)
+  elseif refunds[strategy] then
+    refunds[strategy](key, amount, window, cost, extra, stamp)
   end
 end
 
@@ -244,14 +257,6 @@ if mode == 'refund' or mode == 'undo' then
   end
   return {}
 end
-
-local checks = {
-  fw = fixed_window, mw = moving_window, sw = sliding_window, gc = gcra, cc = concurrency
-}
-local consumes = {
-  fw = consume_fixed, mw = consume_moving, sw = consume_sliding, gc = consume_gcra,
-  cc = consume_concurrency
-}
 
 local out = {}
 local pending = {}

@@ -53,7 +53,27 @@ _TAGS = {
     "gcra": "gc",
     CONCURRENCY: "cc",
 }
-STRATEGIES = frozenset(_TAGS)  # what acquire.lua can count
+STRATEGIES = frozenset(_TAGS)  # what acquire.lua counts by itself
+_EXTENSIONS = "-- ratemw: strategies of your own are inserted here --"
+
+
+def compose_script() -> tuple[str, str]:
+    """``acquire.lua`` with the Lua of every registered strategy that has some, and its SHA1.
+
+    A strategy of your own serves Redis when it has a ``lua`` attribute: Lua source that
+    sets ``checks[name]``, ``consumes[name]`` and ``refunds[name]`` (see docs/strategies.md).
+    """
+    from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
+
+    fragments = [
+        lua
+        for name, strategy in sorted(STRATEGY_IMPLEMENTATIONS.items())
+        if name not in _TAGS and isinstance(lua := getattr(strategy, "lua", None), str)
+    ]
+    if not fragments:
+        return SCRIPT, SCRIPT_SHA
+    script = SCRIPT.replace(_EXTENSIONS, "\n".join([_EXTENSIONS, *fragments]), 1)
+    return script, hashlib.sha1(script.encode("utf-8")).hexdigest()
 _ERRORS = (RedisError, RedisClusterException)
 
 SCHEMES = frozenset(
@@ -323,8 +343,19 @@ def build_client(config: RedisConfig, *, asynchronous: bool) -> tuple[Any, list[
 # -- the script's arguments and answer --------------------------------------------------------
 
 
+def serves(strategy: str) -> bool:
+    """Whether the Redis storage can count ``strategy`` (built in, or registered with Lua)."""
+    if strategy in _TAGS:
+        return True
+    from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
+
+    return isinstance(getattr(STRATEGY_IMPLEMENTATIONS.get(strategy), "lua", None), str)
+
+
 def _tag(hit: Hit) -> str:
     tag = _TAGS.get(hit.strategy)
+    if tag is None and serves(hit.strategy):
+        return hit.strategy  # a strategy of your own goes by its name
     if tag is None:
         raise StorageError(
             f"the Redis storage cannot count strategy {hit.strategy!r}; "
@@ -607,6 +638,7 @@ class RedisStorage:
     """
 
     def __init__(self, uri: str, *, key_prefix: str = "ratemw", **options: Any) -> None:
+        self._script_text, self._sha = compose_script()
         self.config = parse(uri, options)
         self.uri = uri
         self.key_prefix = key_prefix
@@ -642,9 +674,9 @@ class RedisStorage:
             for attempt in range(self._attempts):
                 try:
                     try:
-                        return client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+                        return client.evalsha(self._sha, len(keys), *keys, *args)
                     except NoScriptError:  # after a restart or SCRIPT FLUSH: EVAL loads it
-                        return client.eval(SCRIPT, len(keys), *keys, *args)
+                        return client.eval(self._script_text, len(keys), *keys, *args)
                 except redis.ConnectionError:
                     if attempt + 1 == self._attempts:
                         raise
@@ -746,6 +778,7 @@ class AsyncRedisStorage:
     """
 
     def __init__(self, uri: str, *, key_prefix: str = "ratemw", **options: Any) -> None:
+        self._script_text, self._sha = compose_script()
         self.config = parse(uri, options)
         self.uri = uri
         self.key_prefix = key_prefix
@@ -801,9 +834,9 @@ class AsyncRedisStorage:
             for attempt in range(self._attempts):
                 try:
                     try:
-                        return await self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+                        return await self.client.evalsha(self._sha, len(keys), *keys, *args)
                     except NoScriptError:  # after a restart or SCRIPT FLUSH: EVAL loads it
-                        return await self.client.eval(SCRIPT, len(keys), *keys, *args)
+                        return await self.client.eval(self._script_text, len(keys), *keys, *args)
                 except redis.ConnectionError:
                     if attempt + 1 == self._attempts:
                         raise

@@ -14,6 +14,7 @@ import pytest
 from ratemw import ConfigurationError, Limiter, RateLimitExceeded, Rule, keys
 from ratemw.testing import FakeClock
 from ratemw.wsgi import WSGIRateLimitMiddleware
+from tests.contrib._helpers import assert_third_item_refused, codes, recorded_lines
 from tests.contrib.django_setup import MIDDLEWARE, configure_django
 from tests.contrib.live_server import get, gunicorn
 
@@ -56,10 +57,6 @@ def project(
         ROOT_URLCONF=urlconf, RATEMW_LIMITER=limiter, MIDDLEWARE=middleware, **settings
     ):
         yield urlconf
-
-
-def codes(client: Client, *paths: str, method: str = "get", **extra: Any) -> list[int]:
-    return [getattr(client, method)(p, **extra).status_code for p in paths]
 
 
 def acodes(*paths: str, **extra: Any) -> list[int]:
@@ -219,12 +216,7 @@ def test_streamed_response_keeps_streaming(clock: FakeClock) -> None:
     produced: list[int] = []
 
     def stream(request: HttpRequest) -> StreamingHttpResponse:
-        def lines() -> Iterator[str]:
-            for n in range(3):
-                produced.append(n)
-                yield f"line {n}\n"
-
-        return StreamingHttpResponse(lines())
+        return StreamingHttpResponse(recorded_lines(produced))
 
     with project(Limiter(clock=clock, default_limits="5/minute"), path("s/", stream)):
         response = Client().get("/s/")
@@ -515,11 +507,6 @@ def test_example_under_gunicorn() -> None:
         replies = [get(port, f"/items/{n}/") for n in (1, 2, 3)]
         search = get(port, "/search/")
         health = get(port, "/health/")
-    assert [r.status for r in replies] == [200, 200, 429]
-    assert replies[0].headers["ratelimit"] == '"per-minute";r=1;t=60'
-    refused = replies[2]
-    assert refused.headers["content-type"] == "application/problem+json"
-    assert 1 <= int(refused.headers["retry-after"]) <= 60
-    assert json.loads(refused.body)["instance"] == "/items/3/"
+    assert_third_item_refused(replies, "/items/3/")
     assert search.headers["ratelimit-policy"] == '"per-minute";q=5;w=60, "per-hour";q=100;w=3600'
     assert health.status == 200 and "ratelimit" not in health.headers

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from flask import Blueprint, Flask, Response
-from flask.testing import FlaskClient
 from flask.views import MethodView
 from werkzeug.test import EnvironBuilder
 
@@ -16,6 +14,7 @@ from ratemw import ConfigurationError, Limiter, RateLimitExceeded, Rule
 from ratemw.contrib.flask import FlaskRoutes, RateMW, init_app
 from ratemw.testing import FakeClock
 from ratemw.wsgi import WSGIRateLimitMiddleware
+from tests.contrib._helpers import assert_third_item_refused, codes, recorded_lines
 from tests.contrib.live_server import get, gunicorn
 
 
@@ -23,10 +22,6 @@ def make_app(limiter: Limiter, **options: Any) -> Flask:
     app = Flask(__name__)
     init_app(app, limiter, **options)
     return app
-
-
-def codes(client: FlaskClient, *paths: str, method: str = "GET") -> list[int]:
-    return [client.open(path, method=method).status_code for path in paths]
 
 
 # -- finding the view -----------------------------------------------------------------------
@@ -226,12 +221,7 @@ def test_streamed_response_keeps_streaming(clock: FakeClock) -> None:
 
     @app.get("/stream")
     def stream() -> Response:
-        def lines() -> Iterator[str]:
-            for n in range(3):
-                produced.append(n)
-                yield f"line {n}\n"
-
-        return Response(lines(), mimetype="text/plain")
+        return Response(recorded_lines(produced), mimetype="text/plain")
 
     response = app.test_client().get("/stream", buffered=False)
     assert response.headers["RateLimit"] == '"per-minute";r=4;t=60'
@@ -315,12 +305,7 @@ def test_example_under_gunicorn() -> None:
         replies = [get(port, f"/items/{n}") for n in (1, 2, 3)]
         stream = get(port, "/stream")
         health = get(port, "/health")
-    assert [r.status for r in replies] == [200, 200, 429]
-    assert replies[0].headers["ratelimit"] == '"per-minute";r=1;t=60'
-    refused = replies[2]
-    assert refused.headers["content-type"] == "application/problem+json"
-    assert 1 <= int(refused.headers["retry-after"]) <= 60
-    assert json.loads(refused.body)["instance"] == "/items/3"
+    assert_third_item_refused(replies, "/items/3")
     assert stream.body == b"tick 0\ntick 1\ntick 2\n"
     assert stream.headers["ratelimit-policy"] == '"per-minute";q=20;w=60'
     assert health.status == 200 and "ratelimit" not in health.headers

@@ -9,6 +9,7 @@ sync storage. The adapters translate between their protocol and this core; they 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import itertools
@@ -24,7 +25,7 @@ from ratemw._groups import LimitGroup
 from ratemw._plans import Entry, Plan, Slot, key_tail, storage_key, unique_name
 from ratemw._quota import Quota, parse_quotas
 from ratemw._reporting import call_hook, exceeded_for, near_limit, shadow_breach
-from ratemw.keys import client_ip
+from ratemw.keys import UNKNOWN_CLIENT, client_ip
 from ratemw.storage._base import CONCURRENCY, Hit, Usage
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ logger = logging.getLogger("ratemw")
 MAX_KEY_LENGTH = 1024
 _HASH_CACHE_SIZE = 8192
 FALLBACK_KEY = client_ip()
+_MAX_FALLBACKS = 4  # how deep key functions' ``fallback`` chains are looked into
 _tokens = itertools.count()
 
 
@@ -157,8 +159,8 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
                 if inspect.isawaitable(identity):
                     identity = yield identity
                 identity = str(identity)
-        except Exception:
-            identity = _key_failed(key, request)
+        except Exception as error:
+            identity = _key_failed(limiter, key, request, error)
         cost = group.cost
         if type(cost) is not int:
             cost = cost(request)  # type: ignore[operator]
@@ -295,12 +297,37 @@ def settle(limiter: Limiter, outcome: Outcome, response: ResponseInfo) -> Step:
     return PASS
 
 
-def _key_failed(key: Any, request: Any) -> str:
-    """A key function that raises must not let the caller escape: count by address."""
-    logger.warning(
-        "key function %r raised; counting the request by client address", key, exc_info=True
-    )
-    return "key-error:" + FALLBACK_KEY(request)
+def _key_failed(limiter: Limiter, key: Any, request: Any, error: Exception) -> str:
+    """A key function that raises must not let the caller escape: count by address.
+
+    The identity is exactly what ``keys.client_ip`` gives with the configuration in use (see
+    ``failure_key``), so the request shares its bucket with the address's own requests (the
+    key function's fallback, ``keys.header`` without its header): making the key fail earns
+    a caller no quota that leaving its credentials out would not. Logged once per incident.
+    """
+    with contextlib.suppress(Exception):  # a key with a broken repr() must not make a 500
+        limiter.key_failures(key, error)
+    try:
+        return failure_key(limiter, key)(request)
+    except Exception:  # no usable client address either: the shared bucket
+        return UNKNOWN_CLIENT
+
+
+def failure_key(limiter: Limiter, key: Any) -> client_ip:
+    """The ``keys.client_ip`` that counts requests whose key function ``key`` raised.
+
+    The first ``client_ip`` found in the failing key's ``fallback`` chain (``keys.header``,
+    ``user_or_ip``), then in the limiter key's (or the limiter key itself): its trusted
+    proxies and IPv6 prefix apply. Without one, ``keys.client_ip()``: no proxy trusted.
+    """
+    for candidate in (key, limiter.key):
+        for _ in range(_MAX_FALLBACKS):
+            if isinstance(candidate, client_ip):
+                return candidate
+            candidate = getattr(candidate, "fallback", None)
+            if candidate is None:
+                break
+    return FALLBACK_KEY
 
 
 _SEVERITY = {"allow": 0, "fallback": 1, "deny": 2}

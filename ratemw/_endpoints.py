@@ -12,6 +12,7 @@ from typing import Any
 
 from ratemw._core import Plan
 from ratemw._limiter import Limiter
+from ratemw._plans import cacheable
 from ratemw._rules import Rule
 
 __all__ = ["Planner", "plan_route"]
@@ -41,6 +42,9 @@ def plan_route(
 class Planner:
     """Plans by request, cached: route resolution runs once per distinct request line.
 
+    A request line with a part longer than ``MAX_CACHED_PATH`` characters (a path, a
+    ``Host`` header, a made-up method) is planned afresh each time rather than kept.
+
     Example::
 
         planner = Planner(limiter, rules)
@@ -63,6 +67,8 @@ class Planner:
         if plan is None:
             endpoint, template = resolve()
             plan = plan_route(self.limiter, endpoint, template, path, method, self.rules)
+            if not cacheable(cache_key):
+                return plan
             if len(self._plans) >= _PLAN_CACHE_SIZE:
                 self._plans.clear()
             self._plans[cache_key] = plan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
@@ -21,6 +22,7 @@ from ratemw._groups import (
     groups_from,
 )
 from ratemw._plans import Plan, compile_plan
+from ratemw._reporting import KeyFailureLog
 from ratemw._rules import Rule, check_rules, rule_groups
 from ratemw.keys import client_ip
 from ratemw.storage import StorageBackends
@@ -92,7 +94,11 @@ class Limiter:
             ``"10/second burst 20"``), or the name of a strategy you registered.
         default_limits: limits for every route without a limit of its own (counted per route).
         application_limits: limits on every request, counted across all routes.
-        key: the key function: who is counted (default ``keys.client_ip()``).
+        key: the key function: who is counted (default ``keys.client_ip()``). When a key
+            function raises, the request is counted by client address as this key's
+            ``client_ip`` (its ``fallback``'s) resolves it, else as ``keys.client_ip()``
+            does; the failure is logged once per incident (first with its traceback, then
+            at most a line a minute with the count of failures not logged).
         headers: ``"draft-10"`` (default: ``RateLimit-Policy`` and ``RateLimit``),
             ``"draft-7"``, ``"draft-6"``, ``"legacy"`` (``X-RateLimit-*``), a list of these, or
             ``False`` to send none on successful responses (429s still carry ``Retry-After``).
@@ -205,6 +211,7 @@ class Limiter:
         )
         self.rules = self.check_rules(rules)
         self.hash_key = KeyHasher()
+        self.key_failures = KeyFailureLog(clock or _monotonic_ms)
         self._endpoint_groups: dict[Any, tuple[LimitGroup, ...]] = {}
         self._exempt: set[Any] = set()
         self.breaker = CircuitBreaker(name=self.storage_uri_redacted, **(breaker or {}))
@@ -413,6 +420,10 @@ class Limiter:
 
 
 _MAX_UNWRAP = 16
+
+
+def _monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
 
 def _redis_serves(strategy: str) -> bool:

@@ -18,6 +18,11 @@ from ratemw.storage._base import CONCURRENCY
 if TYPE_CHECKING:
     from ratemw._limiter import Limiter
 
+#: Plans are cached per request line (method, path, host). A part longer than this (a
+#: caller's invention: real routes are short) is planned afresh each time instead, so a cache
+#: entry never holds more than a few such parts of this size.
+MAX_CACHED_PATH = 512
+
 STRATEGY_TAGS = {
     "fixed-window": "fw",
     "moving-window": "mw",
@@ -65,6 +70,14 @@ class Plan:
     @property
     def groups(self) -> tuple[LimitGroup, ...]:
         return tuple(entry.group for entry in self.entries)
+
+
+def cacheable(cache_key: tuple[object, ...]) -> bool:
+    """Whether a plan cache may keep this key: none of its texts is over ``MAX_CACHED_PATH``.
+
+    Called on a cache miss only: a hit costs nothing more.
+    """
+    return all(len(part) <= MAX_CACHED_PATH for part in cache_key if isinstance(part, str))
 
 
 def quota_strategy(limiter: Limiter, quota: Quota) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Generator
+import threading
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ratemw._decision import Decision, denial_headers, problem_body
@@ -14,6 +15,11 @@ if TYPE_CHECKING:
     from ratemw._limiter import Limiter
 
 logger = logging.getLogger("ratemw")
+
+#: A key function failing again within this many milliseconds of its last failure belongs to
+#: the same incident; and while an incident lasts, at most one line is logged this often.
+KEY_FAILURE_INTERVAL_MS = 60_000
+_MAX_KEY_FUNCTIONS = 256  # key functions are configured, not made per request: a safety cap
 
 
 def call_hook(hook: Any, *args: Any) -> Generator[Any, Any, None]:
@@ -72,3 +78,85 @@ def shadow_breach(
     exceeded = exceeded_for(limiter, shadow, method, path)
     exceeded.shadow = True
     yield from call_hook(limiter.on_breach, request, exceeded)
+
+
+class _Incident:
+    """One key function's failures: when the last one happened, when a line was last logged."""
+
+    __slots__ = ("last_ms", "logged_ms", "unlogged")
+
+    def __init__(self) -> None:
+        self.last_ms: float = float("-inf")
+        self.logged_ms: float = float("-inf")
+        self.unlogged = 0
+
+
+class KeyFailureLog:
+    """Logs key-function failures once per incident, not once per request.
+
+    A caller who can make a key function raise could otherwise write a traceback to the log
+    with every request. Per key function: the first failure of an incident is logged with its
+    traceback; while failures go on, at most one line per ``interval_ms`` says how many were
+    not logged since the previous line (with the latest error, without a traceback). An
+    incident ends when ``interval_ms`` passes without a failure; the next one starts a new
+    incident. Every line is a WARNING with ``record.ratemw = {"event":
+    "key_function_failed", "key_function": ..., "suppressed": N}``.
+
+    Args:
+        clock: the time in milliseconds (the limiter's clock; monotonic by default).
+        interval_ms: the incident gap and the shortest interval between two lines.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float], interval_ms: int = KEY_FAILURE_INTERVAL_MS
+    ) -> None:
+        self.clock = clock
+        self.interval_ms = interval_ms
+        self._incidents: dict[int, _Incident] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key: Any, error: BaseException) -> None:
+        """Record one failure of ``key`` and log it if it is due."""
+        due = self._due(key)
+        if due is None:
+            return
+        new_incident, suppressed = due
+        fields = {"ratemw": {"event": "key_function_failed", "key_function": repr(key),
+                             "suppressed": suppressed}}
+        if new_incident:
+            logger.warning(
+                "key function %r raised; counting the request by client address%s",
+                key,
+                f" ({suppressed} earlier failures were not logged)" if suppressed else "",
+                exc_info=error,
+                extra=fields,
+            )
+        else:
+            logger.warning(
+                "key function %r is still raising: %d failures not logged since the last "
+                "line, counted by client address; latest: %r",
+                key,
+                suppressed,
+                error,
+                extra=fields,
+            )
+
+    def _due(self, key: Any) -> tuple[bool, int] | None:
+        """``None`` to stay quiet, else (whether an incident starts, failures not logged)."""
+        now = self.clock()
+        interval = self.interval_ms
+        with self._lock:
+            incident = self._incidents.get(id(key))
+            if incident is None:
+                if len(self._incidents) >= _MAX_KEY_FUNCTIONS:
+                    self._incidents.clear()
+                incident = self._incidents[id(key)] = _Incident()
+            # A clock that went back (a wall clock) counts as time passed, never as silence.
+            new_incident = not (0 <= now - incident.last_ms < interval)
+            incident.last_ms = now
+            if not new_incident and 0 <= now - incident.logged_ms < interval:
+                incident.unlogged += 1
+                return None
+            suppressed, incident.unlogged = incident.unlogged, 0
+            incident.logged_ms = now
+            return new_incident, suppressed

@@ -14,6 +14,7 @@ from ratemw._core import Outcome, Plan, ResponseInfo, evaluate, settle
 from ratemw._drivers import arun
 from ratemw._exceptions import ConfigurationError, RateLimitExceeded
 from ratemw._limiter import Limiter
+from ratemw._plans import cacheable
 from ratemw._responses import encode_headers, exceeded_response, unavailable_response
 from ratemw._routing import resolve
 from ratemw._rules import Rule
@@ -90,6 +91,8 @@ class RateLimitMiddleware:
                 self._document(scope.get("app"))
             endpoint, template = resolve(scope.get("app") or self.app, dict(scope))
             plan = self.limiter.plan(endpoint, template, path, method, self.rules)
+            if not cacheable(cache_key):  # a caller's invention must not fill the cache
+                return plan
             if len(self._plans) >= _PLAN_CACHE_SIZE:
                 self._plans.clear()
             self._plans[cache_key] = plan

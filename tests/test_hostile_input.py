@@ -202,21 +202,6 @@ def wsgi_headers(sent: Sent) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def peer_identity(client: tuple[str, int] | None) -> str:
-    """The client address as ratemw counts it when it trusts no proxy header."""
-    if client is None:
-        return "unknown-client"
-    try:
-        address = ipaddress.ip_address(client[0].split("%")[0])
-    except ValueError:
-        return client[0]
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 def first(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     return next((value for key, value in headers if key == name), None)
 
@@ -232,8 +217,9 @@ def bucket(sent: Sent, headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
         user = first(headers, b"x-user")
         if user is not None and user.isascii():
             return sent.route, "user:" + user.decode("ascii")
-        # The key function raised: counted by the connection's address.
-        return sent.route, "key-error:" + peer_identity(sent.client)
+        # The key function raised: counted by the caller's address, as the limiter's
+        # client_ip (trusting its proxies) counts it.
+        return sent.route, sent.who
     return sent.route, sent.who
 
 

@@ -267,6 +267,36 @@ def test_resolver_runs_once_per_method_host_and_path(clock: FakeClock) -> None:
     assert sorted(seen) == ["GET 127.0.0.1/a", "GET other.example/a", "POST 127.0.0.1/a"]
 
 
+def test_overlong_request_lines_are_planned_afresh_not_cached(clock: FakeClock) -> None:
+    seen: list[int] = []
+
+    def routes(environ: dict[str, Any]) -> tuple[Any, str | None]:
+        seen.append(len(environ["PATH_INFO"]) + len(environ["HTTP_HOST"]))
+        return None, "/files/<path>"
+
+    limiter = Limiter(clock=clock, default_limits="4/minute")
+    app = WSGIRateLimitMiddleware(hello, limiter=limiter, routes=routes)
+    longest, overlong = "/" + "a" * 511, "/" + "b" * 512  # 512 and 513 characters
+    assert statuses(app, longest, n=2) + statuses(app, overlong, n=2) == [200] * 4
+    assert statuses(app, "/", HTTP_HOST="h" * 513) == [429]  # one route, one bucket
+    # The resolver ran once for the path it may keep, every time for the others.
+    assert seen == [512 + 9, 513 + 9, 513 + 9, 1 + 513]
+    assert [path for _, _, path in app._planner._plans] == [longest]
+
+
+def test_a_raising_key_function_counts_by_the_limiters_client_ip(clock: FakeClock) -> None:
+    def broken(request: Request) -> str:
+        raise RuntimeError("token parser exploded")
+
+    limiter = Limiter(clock=clock, key=keys.client_ip(trusted_proxies=["10.0.0.0/8"]))
+    endpoint = limiter.limit("1/minute", key=broken)(hello)
+    app = WSGIRateLimitMiddleware(hello, limiter=limiter, routes=routed(("/", endpoint, "/")))
+    via_proxy = {"REMOTE_ADDR": "10.0.0.1"}
+    assert statuses(app, **via_proxy, HTTP_X_FORWARDED_FOR="198.51.100.1") == [200]
+    assert statuses(app, **via_proxy, HTTP_X_FORWARDED_FOR="198.51.100.2") == [200]
+    assert statuses(app, **via_proxy, HTTP_X_FORWARDED_FOR="198.51.100.1") == [429]
+
+
 class _ItemView:
     """A stand-in for a class-based view: Flask and Django route to ``as_view()`` functions."""
 

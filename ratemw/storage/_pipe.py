@@ -1,0 +1,435 @@
+"""One pipelined connection to one Redis server, for the async storage's scripts.
+
+Every script call a storage makes in one event loop goes down one connection: a command is
+written the moment it is made, the server answers in order, and each reply resolves the
+future of the call that is first in line. Nothing waits for a free connection, so there is
+no pool to size, and a burst of concurrent requests shares one read of the socket.
+
+Why not redis-py's async client, which the storage still uses for everything else (Cluster,
+Sentinel, ``clear``/``reset``): a round trip through it costs about twice what the same round
+trip costs through an ``asyncio.Protocol`` (measured on a 2-core machine, one ``EVALSHA``
+at a time: 220-340 µs against 100-140 µs; see docs/benchmarks.md). On Redis the round trip
+is nearly the whole cost of rate limiting, so this module is the fast lane for the one
+command that runs on every request. It speaks just enough RESP2 for that: the handshake
+(``AUTH``, ``SELECT``) and ``EVALSHA``/``EVAL``.
+
+Failures are bounded and reported as redis-py's exceptions, so the storage and the circuit
+breaker treat both lanes alike:
+
+- one deadline per call, ``socket_timeout``, covers everything it waits for: a new
+  connection, its handshake and the reply (``redis.TimeoutError``);
+- a connection that stays silent for a whole timeout is closed, failing the calls still
+  waiting on it, and the next call opens a new one;
+- a lost or refused connection fails the calls waiting on it (``redis.ConnectionError``),
+  and the next call opens a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
+
+_hiredis: Any
+try:  # the C parser redis-py uses too, when installed
+    import hiredis as _hiredis
+except ImportError:  # pragma: no cover - ReplyReader is tested on its own
+    _hiredis = None
+
+
+class ReplyReader:
+    """A RESP2 reply parser with ``hiredis.Reader``'s interface: ``feed`` bytes, ``gets``.
+
+    ``gets`` returns the next whole reply, or ``False`` when more bytes are needed. Error
+    replies are returned (not raised) as ``ResponseError`` instances; bulk strings are bytes.
+    Used when hiredis is not installed.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def gets(self) -> Any:
+        parsed = self._parse(0)
+        if parsed is None:
+            return False
+        reply, end = parsed
+        del self._buffer[:end]
+        return reply
+
+    def _parse(self, start: int) -> tuple[Any, int] | None:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n", start)
+        if end < 0:
+            return None
+        kind, line, after = buffer[start : start + 1], bytes(buffer[start + 1 : end]), end + 2
+        if kind == b":":
+            return int(line), after
+        if kind == b"+":
+            return line, after
+        if kind == b"-":
+            return ResponseError(line.decode("utf-8", "replace")), after
+        if kind == b"$":
+            size = int(line)
+            if size < 0:
+                return None, after
+            if len(buffer) < after + size + 2:
+                return None
+            return bytes(buffer[after : after + size]), after + size + 2
+        if kind == b"*":
+            return self._parse_array(int(line), after)
+        raise redis.ConnectionError(f"Protocol error: unexpected reply type {bytes(kind)!r}")
+
+    def _parse_array(self, count: int, position: int) -> tuple[Any, int] | None:
+        if count < 0:
+            return None, position
+        items = []
+        for _ in range(count):
+            parsed = self._parse(position)
+            if parsed is None:
+                return None
+            item, position = parsed
+            items.append(item)
+        return items, position
+
+
+def new_reader() -> Any:
+    """hiredis's reader where it is installed, ours otherwise."""
+    if _hiredis is not None:
+        return _hiredis.Reader(replyError=ResponseError, protocolError=redis.ConnectionError)
+    return ReplyReader()  # pragma: no cover
+
+
+def pack(args: Sequence[str | bytes | int]) -> bytes:
+    """A command in RESP2: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8", "surrogateescape")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def pack_script(head: str, count: int, keys: Sequence[str], args: Sequence[str]) -> bytes:
+    """``head`` (the command and its first arguments, packed) + ``keys`` + ``args``, packed.
+
+    The common case, ASCII text, is packed as one string and encoded once: this runs on
+    every request.
+    """
+    parts = [f"*{count + len(keys) + len(args) + 1}\r\n{head}${len(str(len(keys)))}\r\n"
+             f"{len(keys)}\r\n"]
+    for arg in (*keys, *args):
+        parts.append(f"${len(arg)}\r\n{arg}\r\n")
+    text = "".join(parts)
+    if text.isascii():
+        return text.encode("ascii")
+    # Lengths count bytes: redo it the long way.
+    head_parts = head.encode("utf-8", "surrogateescape")
+    tail = pack([len(keys), *keys, *args])
+    first, _, rest = tail.partition(b"\r\n")
+    return b"*%d\r\n%s%s" % (count + int(first[1:]), head_parts, rest)
+
+
+def packed_head(*args: str) -> str:
+    """The leading arguments of a command, packed (for ``pack_script``)."""
+    return "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+
+
+class _Silent(redis.TimeoutError):
+    """A call still waiting on a connection closed for staying silent a whole timeout."""
+
+
+# A call waiting for its reply: its future, its deadline, and how many replies the
+# connection had received when it was sent.
+_Waiter = tuple["asyncio.Future[Any]", float, int]
+
+
+class _Connection(asyncio.Protocol):
+    """One open connection: commands go out in order, replies resolve them in order.
+
+    One watchdog timer per connection, not one per call, enforces the calls' deadlines: it
+    fires at the earliest deadline of the calls then waiting, fails those whose deadline
+    passed, and is set again for the next. Calls answered in time cost it nothing.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, reader: Any, where: str) -> None:
+        self.loop = loop
+        self.where = where
+        self.transport: asyncio.Transport | None = None
+        self.lost: redis.ConnectionError | None = None
+        self.replies = 0  # replies received so far: did the server say anything lately?
+        self.keeper: AsyncGenerator[None, None] | None = None
+        self._reader = reader
+        self._waiting: deque[_Waiter] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        waiting = self._waiting
+        while True:
+            try:
+                reply = self._reader.gets()
+            except Exception as exc:  # garbage on the wire: nothing after it can be trusted
+                self.close(redis.ConnectionError(f"Protocol error from Redis: {exc}"))
+                return
+            if reply is False:
+                return
+            self.replies += 1
+            if not waiting:
+                self.close(redis.ConnectionError("Protocol error: a reply nobody asked for"))
+                return
+            future = waiting.popleft()[0]
+            if not future.done():  # its caller may have timed out or gone away
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f": {exc}" if exc else " (closed by the server)"
+        self._fail(redis.ConnectionError(f"Connection to Redis lost{reason}"))
+
+    def send(self, command: bytes, deadline: float) -> asyncio.Future[Any]:
+        """Write ``command``; the future is its reply, or fails at ``deadline``."""
+        if self.lost is not None:
+            raise self.lost
+        assert self.transport is not None
+        future = self.loop.create_future()
+        self._waiting.append((future, deadline, self.replies))
+        if self._watchdog is None:
+            self._watchdog = self.loop.call_at(deadline, self._watch)
+        self.transport.write(command)
+        return future
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        now = self.loop.time()
+        silent = False
+        earliest: float | None = None
+        for future, deadline, replies in self._waiting:
+            if future.done():
+                continue
+            if deadline <= now:
+                future.set_exception(redis.TimeoutError(f"Timeout reading from Redis {self.where}"))
+                # Not a word since this call was sent: the server, or the way to it, is gone.
+                silent = silent or replies == self.replies
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if silent:
+            self.close(_Silent(f"Redis {self.where} stayed silent for a whole timeout"))
+        elif earliest is not None:
+            self._watchdog = self.loop.call_at(earliest, self._watch)
+
+    def close(self, error: redis.ConnectionError | redis.TimeoutError) -> None:
+        self._fail(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, error: redis.ConnectionError | redis.TimeoutError) -> None:
+        if self.lost is None:
+            self.lost = redis.ConnectionError(str(error))
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        waiting = self._waiting
+        while waiting:
+            future = waiting.popleft()[0]
+            if not future.done():
+                future.set_exception(error)
+
+
+async def _keep(connection: _Connection) -> AsyncGenerator[None, None]:
+    # An async generator started in the loop is closed by ``asyncio.run`` (and anyio, and
+    # uvloop) before the loop closes: the one hook that lets a connection close cleanly when
+    # the application's loop ends without closing the storage.
+    try:
+        yield
+    finally:
+        if connection.transport is not None:
+            connection.transport.abort()
+
+
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """An SSL context from the storage's ``ssl_*`` options (redis-py's defaults)."""
+    context = ssl.create_default_context()
+    cert_reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}.get(
+        options.get("ssl_cert_reqs", "required"), ssl.CERT_REQUIRED
+    )
+    context.check_hostname = cert_reqs != ssl.CERT_NONE and options.get(
+        "ssl_check_hostname", True
+    )
+    context.verify_mode = cert_reqs
+    if options.get("ssl_certfile") or options.get("ssl_keyfile"):
+        context.load_cert_chain(options.get("ssl_certfile", ""), options.get("ssl_keyfile"))
+    if options.get("ssl_ca_certs"):
+        context.load_verify_locations(cafile=options["ssl_ca_certs"])
+    return context
+
+
+class Pipe:
+    """Script calls to one server over one pipelined connection per event loop.
+
+    Args:
+        address: ``(host, port)``, or a Unix socket path.
+        options: the storage's options (timeouts, credentials, ``db``, ``ssl_*``).
+        tls: whether to speak TLS.
+    """
+
+    def __init__(self, address: tuple[str, int] | str, options: dict[str, Any], tls: bool) -> None:
+        self.address = address
+        self.timeout: float = options["socket_timeout"]
+        self.connect_timeout: float = options["socket_connect_timeout"]
+        self._handshake = [pack(command) for command in _handshake(options)]
+        self._tls = tls_context(options) if tls else None
+        self._connection: _Connection | None = None
+        self._opening: asyncio.Task[_Connection] | None = None
+        self._heads: dict[str, str] = {}
+
+    @property
+    def where(self) -> str:
+        address = self.address
+        return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+
+    async def script(self, sha: str, text: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+        """``EVALSHA`` (``EVAL`` if the server lost the script), within one timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        head = self._heads.get(sha)
+        if head is None:
+            head = self._heads[sha] = packed_head("EVALSHA", sha)
+        command = pack_script(head, 2, keys, args)
+        connection = self._connection
+        if connection is not None and connection.lost is None and connection.loop is loop:
+            try:
+                reply = await connection.send(command, deadline)
+            except redis.ConnectionError:
+                reply = await self._retry(loop, deadline, command)
+        else:
+            reply = await self._retry(loop, deadline, command)
+        if type(reply) is list:
+            return reply
+        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+            command = pack_script(packed_head("EVAL", text), 2, keys, args)
+            reply = await self._retry(loop, deadline, command)
+        if isinstance(reply, ResponseError):
+            raise NoScriptError(str(reply)) if str(reply).startswith("NOSCRIPT") else reply
+        return reply
+
+    async def _retry(self, loop: asyncio.AbstractEventLoop, deadline: float, command: bytes) -> Any:
+        # A new connection if need be, and one more try on a lost one (one that died with a
+        # restarted server may look open until written to); never after a timeout: the
+        # script may have run.
+        for attempt in (1, 2):
+            connection = self._connection
+            try:
+                if connection is None or connection.lost is not None or connection.loop is not loop:
+                    connection = await self._connect(loop, deadline)
+                return await connection.send(command, deadline)
+            except redis.ConnectionError:
+                if attempt == 2 or loop.time() >= deadline:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+        """The loop's connection, opened by one caller while the others wait for it."""
+        old = self._connection
+        if old is not None and old.loop is not loop:
+            _abandon(old)
+            self._connection = None
+        opening = self._opening
+        if opening is None or opening.get_loop() is not loop:
+            opening = self._opening = loop.create_task(self._open(loop))
+            opening.add_done_callback(self._opened)
+        try:
+            return await asyncio.wait_for(asyncio.shield(opening), max(deadline - loop.time(), 0))
+        except asyncio.TimeoutError:
+            raise redis.TimeoutError(f"Timeout connecting to Redis {self.where}") from None
+
+    def _opened(self, opening: asyncio.Task[_Connection]) -> None:
+        if self._opening is opening:
+            self._opening = None
+        if not opening.cancelled() and opening.exception() is None:
+            self._connection = opening.result()
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        connection = _Connection(loop, new_reader(), self.where)
+        try:
+            deadline = loop.time() + self.connect_timeout
+            await asyncio.wait_for(self._dial(loop, connection, deadline), self.connect_timeout)
+        except asyncio.TimeoutError:
+            connection.close(redis.TimeoutError("connect timeout"))
+            raise redis.TimeoutError(f"Timeout connecting to Redis {self.where}") from None
+        except (OSError, redis.RedisError) as exc:
+            connection.close(redis.ConnectionError(str(exc)))
+            if isinstance(exc, redis.RedisError):
+                raise
+            raise redis.ConnectionError(f"Error connecting to Redis {self.where}: {exc}") from exc
+        connection.keeper = keeper = _keep(connection)
+        await keeper.__anext__()
+        return connection
+
+    async def _dial(
+        self, loop: asyncio.AbstractEventLoop, connection: _Connection, deadline: float
+    ) -> None:
+        factory: Callable[[], _Connection] = lambda: connection  # noqa: E731
+        if isinstance(self.address, str):
+            await loop.create_unix_connection(factory, self.address)
+        else:
+            host, port = self.address
+            server_hostname = host if self._tls is not None else None
+            await loop.create_connection(
+                factory, host, port, ssl=self._tls, server_hostname=server_hostname
+            )
+        replies = [connection.send(command, deadline) for command in self._handshake]
+        for reply in [await each for each in replies]:
+            if isinstance(reply, ResponseError):
+                text = str(reply)
+                if "WRONGPASS" in text or "NOAUTH" in text or "invalid password" in text:
+                    raise AuthenticationError(text)
+                raise redis.ConnectionError(f"Redis refused the connection set-up: {text}")
+
+    async def aclose(self) -> None:
+        """Close the connection (if it belongs to the running loop; otherwise let it go)."""
+        connection, self._connection = self._connection, None
+        opening, self._opening = self._opening, None
+        if opening is not None and not opening.done():
+            opening.cancel()
+        if connection is None:
+            return
+        if connection.loop is asyncio.get_running_loop():
+            connection.close(redis.ConnectionError("storage closed"))
+            if connection.keeper is not None:
+                await connection.keeper.aclose()
+        else:
+            _abandon(connection)
+
+
+def _handshake(options: dict[str, Any]) -> list[list[str]]:
+    commands = []
+    if options.get("password") is not None:
+        username = options.get("username")
+        credentials = [username, options["password"]] if username else [options["password"]]
+        commands.append(["AUTH", *credentials])
+    if options.get("db"):
+        commands.append(["SELECT", str(options["db"])])
+    return commands
+
+
+def _abandon(connection: _Connection) -> None:
+    """Close a connection of another event loop, from that loop if it still runs."""
+    error = redis.ConnectionError("event loop changed")
+    loop = connection.loop
+    if not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(connection.close, error)
+            return
+        except RuntimeError:  # closed meanwhile
+            pass
+    connection.lost = error

@@ -1,0 +1,163 @@
+"""The arguments of ``acquire.lua`` and its answer, and requests that span cluster slots.
+
+Pure functions: no I/O. The storages send what these build and hand back what Redis said.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Generator, Sequence
+from importlib import resources
+from typing import Any
+
+from ratemw._exceptions import StorageError
+from ratemw.storage._base import CONCURRENCY, Hit, Usage
+
+SCRIPT = resources.files("ratemw.storage").joinpath("acquire.lua").read_text("utf-8")
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
+_TAGS = {
+    "fixed-window": "fw",
+    "moving-window": "mw",
+    "sliding-window-counter": "sw",
+    "gcra": "gc",
+    CONCURRENCY: "cc",
+}
+STRATEGIES = frozenset(_TAGS)  # what acquire.lua counts by itself
+_EXTENSIONS = "-- ratemw: strategies of your own are inserted here --"
+
+
+def compose_script() -> tuple[str, str]:
+    """``acquire.lua`` with the Lua of every registered strategy that has some, and its SHA1.
+
+    A strategy of your own serves Redis when it has a ``lua`` attribute: Lua source that
+    sets ``checks[name]``, ``consumes[name]`` and ``refunds[name]`` (see docs/strategies.md).
+    """
+    from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
+
+    fragments = [
+        lua
+        for name, strategy in sorted(STRATEGY_IMPLEMENTATIONS.items())
+        if name not in _TAGS and isinstance(lua := getattr(strategy, "lua", None), str)
+    ]
+    if not fragments:
+        return SCRIPT, SCRIPT_SHA
+    script = SCRIPT.replace(_EXTENSIONS, "\n".join([_EXTENSIONS, *fragments]), 1)
+    return script, hashlib.sha1(script.encode("utf-8")).hexdigest()
+
+
+def serves(strategy: str) -> bool:
+    """Whether the Redis storage can count ``strategy`` (built in, or registered with Lua)."""
+    if strategy in _TAGS:
+        return True
+    from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
+
+    return isinstance(getattr(STRATEGY_IMPLEMENTATIONS.get(strategy), "lua", None), str)
+
+
+def _tag(hit: Hit) -> str:
+    tag = _TAGS.get(hit.strategy)
+    if tag is None and serves(hit.strategy):
+        return hit.strategy  # a strategy of your own goes by its name
+    if tag is None:
+        raise StorageError(
+            f"the Redis storage cannot count strategy {hit.strategy!r}; "
+            f"it counts {sorted(STRATEGIES)}"
+        )
+    return tag
+
+
+def script_args(hits: Sequence[Hit], mode: str, stamp: int = 0) -> tuple[list[str], list[Any]]:
+    """``KEYS`` and ``ARGV`` of ``acquire.lua`` for ``hits``."""
+    keys = [hit.key for hit in hits]
+    args: list[Any] = [f"{mode} {stamp}"]
+    for hit in hits:
+        extra = hit.token if hit.strategy == CONCURRENCY else hit.burst
+        args.append(
+            f"{_tag(hit)} {hit.amount} {hit.window_ms} {hit.cost} {int(hit.enforce)} {extra}"
+        )
+    return keys, args
+
+
+def parse_reply(reply: Sequence[Any], count: int) -> tuple[list[Usage], int]:
+    """The script's answer: one ``Usage`` per hit, and the time of the decision."""
+    now = int(reply[-1])
+    usages = []
+    for i in range(0, count * 4, 4):  # the script answers integers: no conversion needed
+        fits, remaining, reset, wait = reply[i : i + 4]
+        usages.append(Usage(fits == 1, remaining, reset, wait if wait >= 0 else None, now))
+    return usages, now
+
+
+def slot_groups(hits: Sequence[Hit]) -> list[list[int]]:
+    """Indices of hits grouped by hash tag (each group lands in one cluster slot)."""
+    groups: dict[str, list[int]] = {}
+    for index, hit in enumerate(hits):
+        start = hit.key.find("{")
+        end = hit.key.find("}", start + 1)
+        tag = hit.key[start + 1 : end] if 0 <= start < end - 1 else hit.key
+        groups.setdefault(tag, []).append(index)
+    return list(groups.values())
+
+
+def any_refused(hits: Sequence[Hit], usages: Sequence[Usage]) -> bool:
+    # A plain loop: this runs on every request.
+    for usage, hit in zip(usages, hits, strict=True):  # noqa: SIM110
+        if not usage.fits and hit.enforce:
+            return True
+    return False
+
+
+def _unconsumed(usage: Usage, hit: Hit) -> Usage:
+    """The usage of a hit that fitted but was handed back: its units are free again."""
+    if not usage.fits:
+        return usage
+    units = 1 if hit.strategy == CONCURRENCY else hit.cost
+    return Usage(True, usage.remaining + units, usage.reset_ms, 0, usage.stamp_ms)
+
+
+Calls = Generator[tuple[list[str], list[Any]], Any, list[Usage]]
+
+
+def slot_by_slot(hits: Sequence[Hit], groups: list[list[int]], mode: str) -> Calls:
+    """The calls of a request whose hits span cluster slots (one script call per slot).
+
+    A generator: it yields each call's ``(keys, args)`` and is sent the reply. Slots are
+    consumed in turn; when one refuses, what the earlier ones took is handed back and the
+    rest are only peeked at, so the request consumes nothing anywhere (all-or-nothing). The
+    first slot's server time is the clock of the whole request, so every hit carries one
+    stamp (what a later ``refund(hits, stamp)`` needs).
+    """
+    usages: list[Usage] = [Usage(True, 0, 0, 0)] * len(hits)
+    taken: list[int] = []
+    stamp = 0
+    refused = False
+    for group in groups:
+        part = [hits[i] for i in group]
+        reply = yield script_args(part, "peek" if refused else mode, stamp)
+        found, stamp = parse_reply(reply, len(part))
+        for i, usage in zip(group, found, strict=True):
+            usages[i] = usage
+        if refused:
+            continue
+        if any_refused(part, found):
+            refused = True
+            for indices in _by_slot(hits, taken):
+                yield script_args([hits[i] for i in indices], "undo", stamp)
+            for i in taken:
+                usages[i] = _unconsumed(usages[i], hits[i])
+        elif mode == "acquire":
+            # Only the hits that fitted were consumed (a shadow hit without room was not).
+            taken += [i for i, u in zip(group, found, strict=True) if u.fits]
+    return usages
+
+
+def _by_slot(hits: Sequence[Hit], indices: list[int]) -> list[list[int]]:
+    chosen = [hits[i] for i in indices]
+    return [[indices[j] for j in group] for group in slot_groups(chosen)]
+
+
+def refund_calls(hits: Sequence[Hit], stamp: int, mode: str) -> list[tuple[list[str], list[Any]]]:
+    """The script calls handing back what ``hits`` took at ``stamp`` (one per slot)."""
+    return [script_args([hits[i] for i in group], mode, stamp) for group in slot_groups(hits)]
+
+

@@ -10,13 +10,14 @@ server cannot on its own::
         proxy.forward()     # relaying resumes (what was held back is delivered)
         proxy.cut()         # every open connection is closed (the listener stays)
 
-The proxy runs in a process of its own (this file run as a script), so that it relays as
-promptly as a network would however busy the test's own threads keep the GIL. It is driven
-over its stdin and stdout, one line per command and answer; the control methods are
-synchronous: when ``blackhole()`` returns, not one more byte is relayed. While blackholed the
-proxy stops reading, so what a client sends waits in the kernel's buffers, as it would behind
-a silently dropped route; new connections are still accepted (and their upstream opened), so a
-client's connect succeeds and only its first reply never comes.
+The proxy runs in a process of its own (this file run as a script, started and ended like the
+Redis servers by ``tests/redis_servers.py``), so that it relays as promptly as a network would
+however busy the test's own threads keep the GIL. It is driven over its stdin and stdout, one
+line per command and answer; the control methods are synchronous: when ``blackhole()``
+returns, not one more byte is relayed. While blackholed the proxy stops reading, so what a
+client sends waits in the kernel's buffers, as it would behind a silently dropped route; new
+connections are still accepted (and their upstream opened), so a client's connect succeeds
+and only its first reply never comes.
 """
 
 from __future__ import annotations
@@ -28,14 +29,18 @@ import socket
 import subprocess
 import sys
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
+
+if __name__ != "__main__":
+    # Not in the proxy process, which runs this file as a script: it has neither the
+    # test-suite on its path nor any use for it.
+    from tests.redis_servers import spawn_process, stop_process
 
 __all__ = ["TCPProxy"]
 
 _CHUNK = 65536
 _SEND_TIMEOUT = 5.0  # a peer that reads nothing for this long loses its connection
 _CONNECT_TIMEOUT = 2.0
-_START_TIMEOUT = 20.0
 
 
 class TCPProxy:
@@ -50,7 +55,7 @@ class TCPProxy:
         self.upstream = upstream
         self.host = host
         self.port = 0  # known once started
-        self._process: subprocess.Popen[str] | None = None
+        self._process: subprocess.Popen[Any] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -62,12 +67,16 @@ class TCPProxy:
 
     def start(self) -> TCPProxy:
         upstream_host, upstream_port = self.upstream
-        self._process = subprocess.Popen(
+        self._process = spawn_process(
             [sys.executable, os.path.abspath(__file__), self.host,
              upstream_host, str(upstream_port)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )  # fmt: skip
-        self.port = int(self._answer().removeprefix("listening "))
+        try:
+            self.port = int(self._answer().removeprefix("listening "))
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -75,15 +84,8 @@ class TCPProxy:
         process, self._process = self._process, None
         if process is None:
             return
-        assert process.stdin is not None and process.stdout is not None
-        with contextlib.suppress(OSError):
-            process.stdin.close()  # end of input: the proxy exits
-        try:
-            process.wait(timeout=_START_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        process.stdout.close()
+        stop_process(process, ask=_close_pipes)  # end of input: the proxy exits
+        _close_pipes(process)  # in case it had exited before it was asked to
 
     def __enter__(self) -> TCPProxy:
         return self.start()
@@ -127,6 +129,13 @@ class TCPProxy:
         if not line:
             raise RuntimeError(f"the proxy exited (code {self._process.poll()})")
         return line.strip()
+
+
+def _close_pipes(process: subprocess.Popen[Any]) -> None:
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 # -- the proxy process ---------------------------------------------------------------------------

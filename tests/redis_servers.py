@@ -19,6 +19,11 @@ Fixtures
 ``redis_server_private``
     Function scoped, a fresh standalone server of its own, for tests that kill,
     restart or pause it; stopped after the test.
+``redis_tls_server`` / ``redis_tls_server_mutual``
+    Session scoped standalone servers that speak only TLS (no plain-text port),
+    with certificates of ``redis_tls_files``: a throw-away CA made by
+    ``trustme``, a server certificate for ``127.0.0.1`` and a client one.  The
+    mutual one refuses clients without a certificate of that CA.
 
 If ``redis-server`` (and ``redis-cli`` for the cluster) is not on ``PATH`` the
 fixtures skip the test -- unless the environment variable ``CI`` is ``true``,
@@ -43,6 +48,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, TypeVar, cast, final
@@ -51,6 +57,7 @@ import pytest
 import redis
 import redis.cluster
 import redis.sentinel
+import trustme
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
@@ -62,7 +69,9 @@ __all__ = [
     "RedisSentinel",
     "RedisServer",
     "RedisServerError",
+    "TLSFiles",
     "find_free_port",
+    "make_tls_files",
     "port_is_free",
     "redis_cluster",
     "redis_cluster_clean",
@@ -71,8 +80,13 @@ __all__ = [
     "redis_server",
     "redis_server_private",
     "redis_standalone_clean",
+    "redis_tls_files",
+    "redis_tls_server",
+    "redis_tls_server_mutual",
     "require_redis_binaries",
+    "spawn_process",
     "stop_all_servers",
+    "stop_process",
 ]
 
 HOST = "127.0.0.1"
@@ -116,7 +130,7 @@ class _AddressInUse(RedisServerError):
 # --------------------------------------------------------------------------
 
 _LOCK = threading.RLock()
-_LIVE_PROCESSES: set[subprocess.Popen[bytes]] = set()
+_LIVE_PROCESSES: set[subprocess.Popen[Any]] = set()
 _RESERVED_PORTS: set[int] = set()
 _SESSION_DIR: Path | None = None
 
@@ -130,7 +144,7 @@ def _session_dir() -> Path:
         return _SESSION_DIR
 
 
-def _kill_process(proc: subprocess.Popen[bytes]) -> None:
+def _kill_process(proc: subprocess.Popen[Any]) -> None:
     with contextlib.suppress(ProcessLookupError, OSError):
         proc.kill()
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -139,8 +153,42 @@ def _kill_process(proc: subprocess.Popen[bytes]) -> None:
         _LIVE_PROCESSES.discard(proc)
 
 
+def spawn_process(argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
+    """Start a helper process of the test-suite (a server, a proxy); ``popen`` goes to Popen.
+
+    The process gets a session of its own, so that a Ctrl-C in the terminal cannot kill it
+    mid-teardown. It is SIGKILLed by the kernel if this Python process dies (see
+    :func:`_pdeathsig_prefix`) and by the ``atexit`` handler unless :func:`stop_process`
+    ended it first.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    prefix = _pdeathsig_prefix() if in_main_thread else ()
+    proc = subprocess.Popen([*prefix, *argv], start_new_session=True, **popen)
+    with _LOCK:
+        _LIVE_PROCESSES.add(proc)
+    return proc
+
+
+def stop_process(
+    proc: subprocess.Popen[Any],
+    ask: Callable[[subprocess.Popen[Any]], object] = subprocess.Popen.terminate,
+    timeout: float = SERVER_STOP_TIMEOUT,
+) -> None:
+    """End a process of :func:`spawn_process`: ``ask`` it to exit (SIGTERM by default),
+    SIGKILL it if it has not within ``timeout``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            ask(proc)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_process(proc)
+    with _LOCK:
+        _LIVE_PROCESSES.discard(proc)
+
+
 def stop_all_servers() -> None:
-    """SIGKILL every Redis process started by this module (atexit hook)."""
+    """SIGKILL every process started by this module (atexit hook)."""
     with _LOCK:
         procs = list(_LIVE_PROCESSES)
     for proc in procs:
@@ -320,6 +368,37 @@ def _parse_info_text(text: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------
+# TLS certificates
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of a throw-away CA and of a server and a client certificate it issued."""
+
+    ca_certs: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_tls_files(directory: Path, *, server_names: Sequence[str] = (HOST,)) -> TLSFiles:
+    """Make a CA with ``trustme``, have it issue a certificate for ``server_names`` and a
+    client certificate, and write them all into ``directory``."""
+    ca = trustme.CA()
+    names = ("ca.pem", "server.crt", "server.key", "client.crt", "client.key")
+    files = TLSFiles(*(directory / name for name in names))
+    ca.cert_pem.write_to_path(files.ca_certs)
+    server, client = ca.issue_cert(*server_names), ca.issue_cert("client@ratemw.test")
+    server.cert_chain_pems[0].write_to_path(files.server_cert)
+    server.private_key_pem.write_to_path(files.server_key)
+    client.cert_chain_pems[0].write_to_path(files.client_cert)
+    client.private_key_pem.write_to_path(files.client_key)
+    return files
+
+
+# --------------------------------------------------------------------------
 # one redis-server process
 # --------------------------------------------------------------------------
 
@@ -333,6 +412,11 @@ class RedisServer:
     directory.  ``config_lines`` go to a config file in the server's directory
     (so ``CONFIG REWRITE`` -- used by sentinel -- works); the no-persistence
     options are passed on the command line and thus win on every start.
+
+    With ``tls`` the server listens on ``port`` for TLS only (no plain-text
+    port at all) and, with ``tls_auth_clients``, accepts only clients that show
+    a certificate of the same CA.  The helper's own clients (readiness probe,
+    admin commands, :meth:`client`) connect with ``tls``'s client certificate.
     """
 
     def __init__(
@@ -343,11 +427,17 @@ class RedisServer:
         config_lines: Sequence[str] = (),
         sentinel: bool = False,
         cluster_bus: bool = False,
+        tls: TLSFiles | None = None,
+        tls_auth_clients: bool = False,
     ) -> None:
+        if tls is not None and (sentinel or cluster_bus):
+            raise ValueError("TLS is only set up for standalone servers")
         self.name = name
         self.host = HOST
         self.sentinel_mode = sentinel
         self._cluster_bus = cluster_bus
+        self.tls = tls
+        self.tls_auth_clients = tls_auth_clients
         self._auto_port = port is None
         self._port = port if port is not None else find_free_port(cluster_bus=cluster_bus)
         # written to the config file before the first start; may be changed
@@ -371,7 +461,9 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}"
+        """``redis://host:port``, or ``rediss://host:port`` for a TLS server."""
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def address(self) -> tuple[str, int]:
@@ -421,14 +513,8 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if the process has not exited in time."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, OSError):
-                proc.terminate()
-            try:
-                proc.wait(timeout=SERVER_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                _kill_process(proc)
+        if self._proc is not None:
+            stop_process(self._proc)
         self._discard_process()
 
     def kill(self) -> None:
@@ -480,8 +566,8 @@ class RedisServer:
         argv = [_binary("redis-server"), str(self.config_path)]
         if self.sentinel_mode:
             argv.append("--sentinel")
+        argv += self._listen_options()
         argv += [
-            "--port", str(self.port),
             "--bind", self.host,
             "--protected-mode", "no",
             "--loglevel", "warning",
@@ -492,26 +578,43 @@ class RedisServer:
             argv += ["--save", "", "--appendonly", "no"]
         return argv
 
+    def _listen_options(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0",  # no plain-text port: whatever answers, answers over TLS
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.server_cert),
+            "--tls-key-file", str(self.tls.server_key),
+            "--tls-ca-cert-file", str(self.tls.ca_certs),
+            "--tls-auth-clients", "yes" if self.tls_auth_clients else "no",
+        ]  # fmt: skip
+
+    def _connection_options(self) -> dict[str, Any]:
+        """Where the helper's own clients connect, and with which certificates."""
+        options: dict[str, Any] = {"host": self.host, "port": self.port}
+        if self.tls is not None:
+            options.update(
+                ssl=True,
+                ssl_ca_certs=str(self.tls.ca_certs),
+                ssl_certfile=str(self.tls.client_cert),
+                ssl_keyfile=str(self.tls.client_key),
+            )
+        return options
+
     def _spawn(self) -> None:
         # closed in _discard_process
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115
         self._log_offset = self._log_file.tell()
         self._log_file.write(f"\n=== starting on port {self.port} ===\n".encode())
         self._log_file.flush()
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        prefix = _pdeathsig_prefix() if in_main_thread else ()
-        proc = subprocess.Popen(
-            [*prefix, *self._command_line()],
+        self._proc = spawn_process(
+            self._command_line(),
             cwd=self.dir,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            # own session: a Ctrl-C in the terminal must not kill it mid-teardown
-            start_new_session=True,
         )
-        with _LOCK:
-            _LIVE_PROCESSES.add(proc)
-        self._proc = proc
         self._admin_client = None
         self._admin_commands = 0
 
@@ -548,8 +651,7 @@ class RedisServer:
         # a throw-away client with short timeouts: whatever listens on the
         # port (maybe not our server) must not block the loop for long
         probe = redis.Redis(
-            host=self.host,
-            port=self.port,
+            **self._connection_options(),
             decode_responses=True,
             protocol=2,
             socket_timeout=2.0,
@@ -586,8 +688,7 @@ class RedisServer:
     def client(self, **kwargs: Any) -> redis.Redis:
         """A new sync client; ``decode_responses=True`` unless overridden."""
         options: dict[str, Any] = {
-            "host": self.host,
-            "port": self.port,
+            **self._connection_options(),
             "decode_responses": True,
             "socket_timeout": CLIENT_SOCKET_TIMEOUT,
             "socket_connect_timeout": CLIENT_SOCKET_TIMEOUT,
@@ -603,8 +704,7 @@ class RedisServer:
         """
         if self._admin_client is None:
             self._admin_client = redis.Redis(
-                host=self.host,
-                port=self.port,
+                **self._connection_options(),
                 decode_responses=True,
                 protocol=2,
                 socket_timeout=ADMIN_SOCKET_TIMEOUT,
@@ -1215,6 +1315,36 @@ def redis_server_private() -> Iterator[RedisServer]:
     """A fresh standalone server for this test only (kill/restart/pause it)."""
     require_redis_binaries("redis-server")
     server = RedisServer(name="private")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_tls_files() -> TLSFiles:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, for the session."""
+    return make_tls_files(Path(tempfile.mkdtemp(prefix="tls-", dir=_session_dir())))
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server(redis_tls_files: TLSFiles) -> Iterator[RedisServer]:
+    """A standalone Redis that speaks only TLS; clients need no certificate."""
+    require_redis_binaries("redis-server")
+    server = RedisServer(name="tls", tls=redis_tls_files)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server_mutual(redis_tls_files: TLSFiles) -> Iterator[RedisServer]:
+    """A standalone Redis that speaks only TLS, to clients with a certificate of its CA."""
+    require_redis_binaries("redis-server")
+    server = RedisServer(name="tls-mutual", tls=redis_tls_files, tls_auth_clients=True)
     try:
         server.start()
         yield server

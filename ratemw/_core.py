@@ -24,6 +24,7 @@ from ratemw._exceptions import StorageError
 from ratemw._groups import LimitGroup
 from ratemw._plans import Entry, Plan, Slot, key_tail, storage_key, unique_name
 from ratemw._quota import Quota, parse_quotas
+from ratemw._redact import describe_error
 from ratemw._reporting import call_hook, exceeded_for, near_limit, shadow_breach
 from ratemw.keys import UNKNOWN_CLIENT, client_ip
 from ratemw.storage._base import CONCURRENCY, Hit, Usage
@@ -345,7 +346,9 @@ def _storage_failed(
     if limiter.metrics is not None:
         limiter.metrics.storage_error()
     if not isinstance(error, StorageError):
-        wrapped = StorageError(f"storage {limiter.storage_uri_redacted} failed: {error!r}")
+        wrapped = StorageError(
+            f"storage {limiter.storage_uri_redacted} failed: {describe_error(error)}"
+        )
         wrapped.__cause__ = error
         error = wrapped
     yield from call_hook(limiter.on_storage_error, request, error)

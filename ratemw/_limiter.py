@@ -7,7 +7,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from ratemw._breaker import CircuitBreaker
 from ratemw._core import KeyHasher
@@ -22,6 +21,7 @@ from ratemw._groups import (
     groups_from,
 )
 from ratemw._plans import Plan, compile_plan
+from ratemw._redact import redact_uri
 from ratemw._reporting import KeyFailureLog
 from ratemw._rules import Rule, check_rules, rule_groups
 from ratemw.keys import client_ip
@@ -61,14 +61,6 @@ def _header_modes(headers: Any) -> tuple[str, ...]:
                 "a list of them, or False for none"
             )
     return modes
-
-
-def _redact(uri: str) -> str:
-    parts = urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
 
 
 class Limiter:
@@ -178,7 +170,7 @@ class Limiter:
         ):
             check_callable(hook, name)
         self.storage_uri = storage
-        self.storage_uri_redacted = _redact(storage) if isinstance(storage, str) else storage
+        self.storage_uri_redacted = redact_uri(storage) if isinstance(storage, str) else storage
         self.strategy = strategy
         self.clock_ms: Callable[[], int] = clock or wall_clock_ms
         self.backends = StorageBackends(

@@ -95,9 +95,21 @@ def test_rule_patterns(pattern: str, path: str, matches: bool) -> None:
     assert Rule(pattern, "1/second").matches(path) is matches
 
 
-def test_storage_uri_password_is_redacted_in_repr() -> None:
-    limiter = Limiter(storage="memory://")
-    assert "memory://" in repr(limiter)
-    from ratemw._limiter import _redact
 
-    assert _redact("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        pytest.param("redis://u:s3cret@h:6379/0", "redis://u:***@h:6379/0", id="user info"),
+        pytest.param("redis://h?password=s3cret&db=1", "redis://h?password=***&db=1", id="query"),
+        pytest.param(
+            "redis+sentinel://h/m?sentinel_password=s3cret",
+            "redis+sentinel://h/m?sentinel_password=***",
+            id="sentinel query",
+        ),
+        pytest.param("memory://", "memory://", id="nothing to hide"),
+    ],
+)
+def test_passwords_never_show_in_the_storage_uri(uri: str, shown: str) -> None:
+    limiter = Limiter(storage=uri)
+    assert limiter.storage_uri_redacted == shown
+    assert "s3cret" not in repr(limiter)

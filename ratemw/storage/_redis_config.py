@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ratemw._exceptions import ConfigurationError
+from ratemw._redact import redact_uri
 
 SCHEMES = frozenset(
     f"{base}{suffix}"
@@ -122,15 +123,7 @@ class RedisConfig:
 
 
 def _bad(uri: str, what: str) -> ConfigurationError:
-    return ConfigurationError(f"invalid Redis storage URI {_redacted(uri)!r}: {what}")
-
-
-def _redacted(uri: str) -> str:
-    scheme, _, rest = uri.partition("://")
-    userinfo, at, hosts = rest.rpartition("@")
-    if at and ":" in userinfo:
-        return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hosts}"
-    return uri
+    return ConfigurationError(f"invalid Redis storage URI {redact_uri(uri)!r}: {what}")
 
 
 def _hosts(uri: str, netloc: str, default_port: int) -> list[tuple[str, int]]:
@@ -153,7 +146,7 @@ def _convert_options(uri: str, raw: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(raw) - set(OPTIONS))
     if unknown:
         raise ConfigurationError(
-            f"unknown Redis storage option(s) {unknown!r} for {_redacted(uri)!r}; "
+            f"unknown Redis storage option(s) {unknown!r} for {redact_uri(uri)!r}; "
             f"known: {sorted(OPTIONS)}"
         )
     options = {}

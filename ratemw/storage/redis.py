@@ -41,6 +41,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from ratemw._exceptions import StorageError
+from ratemw._redact import describe_error
 from ratemw.storage._base import Hit, Usage
 from ratemw.storage._blocked import BlockedCache
 from ratemw.storage._pipe import Pipe
@@ -213,7 +214,7 @@ class _Slots:
 
 
 def _storage_error(config: RedisConfig, exc: BaseException) -> StorageError:
-    error = StorageError(f"Redis storage {config.safe_uri} failed: {exc!r}")
+    error = StorageError(f"Redis storage {config.safe_uri} failed: {describe_error(exc)}")
     error.__cause__ = exc
     return error
 

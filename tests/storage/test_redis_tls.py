@@ -177,11 +177,6 @@ def test_a_refused_handshake_fails_promptly(
     assert re.search(cause, error_chain(caught.value)), error_chain(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ratemw bug: StorageError quotes repr() of redis-py's error, which redis-py 8 "
-    "shortens to 'network:ConnectionError', dropping why the connection failed",
-)
 def test_the_storage_error_says_why_the_handshake_failed(
     request: pytest.FixtureRequest, asynchronous: bool, pem: dict[str, str]
 ) -> None:
@@ -231,11 +226,6 @@ def test_a_limiter_over_tls_answers_429_after_the_quota(
         admin.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ratemw bug: Limiter redacts a password in the URI's user info only, not one "
-    "given as a query option, and names the storage so in its repr and its log lines",
-)
 def test_a_password_among_the_query_options_never_shows() -> None:
     # TLS URIs carry their options in the query string, where a password is accepted too.
     limiter = Limiter(storage="rediss://127.0.0.1:6380?ssl_cert_reqs=none&password=s3cret")

@@ -14,8 +14,10 @@ ASGI (one event loop, ``await app(scope, receive, send)``; helpers from ``_harne
    ``storage_uri="redis://..."``).
 
 WSGI (Flask, called as a WSGI server would; helpers from ``wsgi_overhead``): ``bare``,
-``evalsha`` (the same floor, sync client), ``ratemw`` (``WSGIRateLimitMiddleware`` through
-``ratemw.contrib.flask.init_app``), ``flask-limiter`` (``storage_uri``, headers on).
+``evalsha`` (the same floor through ratemw's sync script connection,
+``ratemw.storage._sync_pipe``), ``evalsha-redis-py`` (through redis-py's sync client),
+``ratemw`` (``WSGIRateLimitMiddleware`` through ``ratemw.contrib.flask.init_app``),
+``flask-limiter`` (``storage_uri``, headers on).
 
 The limit is never reached. Variants are timed interleaved (A B C D, A B C D, ...); a
 variant's overhead in a round is its time per request minus the bare app's in that round, and
@@ -69,7 +71,8 @@ from benchmarks._harness import (
 )
 from ratemw import Limiter, RateLimitMiddleware
 from ratemw.contrib.flask import init_app
-from ratemw.storage._pipe import Pipe
+from ratemw.storage._pipe import AsyncPipe
+from ratemw.storage._sync_pipe import Pipe
 from ratemw.storage.redis import SCRIPT, SCRIPT_SHA, AsyncRedisStorage, RedisStorage
 from tests.redis_servers import RedisServer
 
@@ -90,7 +93,7 @@ async def _pong(request: Request) -> PlainTextResponse:
 class EvalshaFloor:
     """One ``EVALSHA`` per request through ratemw's own script connection, then the app."""
 
-    def __init__(self, app: ASGIApp, pipe: Pipe) -> None:
+    def __init__(self, app: ASGIApp, pipe: AsyncPipe) -> None:
         self.app = app
         self.pipe = pipe
 
@@ -138,7 +141,7 @@ def asgi_apps(url: str) -> tuple[dict[str, ASGIApp], Limiter]:
     storage = limiter.backends.async_
     assert isinstance(storage, AsyncRedisStorage)
     host, port = storage.config.hosts[0]
-    pipe = Pipe((host, port), storage.config.options, tls=False)
+    pipe = AsyncPipe((host, port), storage.config.options, tls=False)
     floor = EvalshaFloor(Starlette(routes=[Route(PATH, _pong)]), pipe)
     redis_py = RedisPyFloor(Starlette(routes=[Route(PATH, _pong)]), storage.client)
     apps: dict[str, ASGIApp] = {
@@ -160,18 +163,28 @@ def wsgi_apps(url: str) -> tuple[dict[str, WSGIApp], Limiter]:
     bare = Flask("bare")
     bare.add_url_rule(PATH, "ping", lambda: "pong")
 
-    floor_flask = Flask("floor")
-    floor_flask.add_url_rule(PATH, "ping", lambda: "pong")
     floor_storage = RedisStorage(url)
     floor_client = floor_storage.client
     floor_client.script_load(SCRIPT)
-    inner = floor_flask.wsgi_app
+    host, port = floor_storage.config.hosts[0]
+    floor_pipe = Pipe((host, port), floor_storage.config.options, tls=False)
 
-    def floor(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        floor_client.evalsha(SCRIPT_SHA, 1, "floor:{bench}:ping-wsgi", *FLOOR_ARGS)
-        return inner(environ, start_response)
+    def floor_app(name: str, round_trip: Callable[[], Any]) -> Flask:
+        app = Flask(name)
+        app.add_url_rule(PATH, "ping", lambda: "pong")
+        inner = app.wsgi_app
 
-    floor_flask.wsgi_app = floor  # type: ignore[method-assign]
+        def floor(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            round_trip()
+            return inner(environ, start_response)
+
+        app.wsgi_app = floor  # type: ignore[method-assign]
+        return app
+
+    floor_flask = floor_app("floor", lambda: floor_pipe.script(
+        SCRIPT_SHA, SCRIPT, ["floor:{bench}:ping-wsgi"], FLOOR_ARGS))
+    redis_py_flask = floor_app("floor-redis-py", lambda: floor_client.evalsha(
+        SCRIPT_SHA, 1, "floor:{bench}:ping-wsgi-py", *FLOOR_ARGS))
 
     ours = Flask("ratemw")
     limiter = Limiter(storage=url)
@@ -186,6 +199,7 @@ def wsgi_apps(url: str) -> tuple[dict[str, WSGIApp], Limiter]:
     apps: dict[str, WSGIApp] = {
         "bare": bare,
         "evalsha": floor_flask,
+        "evalsha-redis-py": redis_py_flask,
         "ratemw": ours,
         "flask-limiter": theirs,
     }

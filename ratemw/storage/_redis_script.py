@@ -73,7 +73,8 @@ def script_args(hits: Sequence[Hit], mode: str, stamp: int = 0) -> tuple[list[st
     for hit in hits:
         extra = hit.token if hit.strategy == CONCURRENCY else hit.burst
         args.append(
-            f"{_tag(hit)} {hit.amount} {hit.window_ms} {hit.cost} {int(hit.enforce)} {extra}"
+            f"{_TAGS.get(hit.strategy) or _tag(hit)} {hit.amount} {hit.window_ms} {hit.cost} "
+            f"{int(hit.enforce)} {extra}"
         )
     return keys, args
 

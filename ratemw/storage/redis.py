@@ -44,7 +44,7 @@ from ratemw._exceptions import StorageError
 from ratemw._redact import describe_error
 from ratemw.storage._base import Hit, Usage
 from ratemw.storage._blocked import BlockedCache
-from ratemw.storage._pipe import Pipe
+from ratemw.storage._pipe import AsyncPipe
 from ratemw.storage._redis_config import (
     DEFAULT_OPTIONS,
     OPTIONS,
@@ -66,6 +66,7 @@ from ratemw.storage._redis_script import (
     slot_by_slot,
     slot_groups,
 )
+from ratemw.storage._sync_pipe import Pipe
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -262,6 +263,7 @@ class RedisStorage:
         self._attempts = 2 if self.config.kind == "sentinel" else 1
         self._slots = _Slots(self.config.options["max_connections"])
         self._failures = 0  # commands lost to timeouts and broken connections (see _FailedAhead)
+        self._pipe = _sync_pipe_for(self.config)  # the fast lane for scripts, single servers
         self._client: Any = None
         self._closers: list[Any] = []
         self._lock = threading.Lock()
@@ -284,6 +286,8 @@ class RedisStorage:
             self._slots.release()
             raise _FailedAhead()
         try:
+            if self._pipe is not None:  # a single server: the fast lane
+                return self._pipe.script(self._sha, self._script_text, keys, args)
             client = self.client
             for attempt in range(self._attempts):
                 try:
@@ -378,6 +382,8 @@ class RedisStorage:
 
     def close(self) -> None:
         """Close every connection (the Sentinel ones included)."""
+        if self._pipe is not None:
+            self._pipe.close()
         client, closers = self._client, self._closers
         self._client, self._closers = None, []
         for each in (client, *closers):
@@ -385,11 +391,19 @@ class RedisStorage:
                 each.close()
 
 
-def _pipe_for(config: RedisConfig) -> Pipe | None:
+def _sync_pipe_for(config: RedisConfig) -> Pipe | None:
     if config.kind == "single":
         return Pipe(config.hosts[0], config.options, config.tls)
     if config.kind == "unix":
         return Pipe(config.path, config.options, False)
+    return None
+
+
+def _pipe_for(config: RedisConfig) -> AsyncPipe | None:
+    if config.kind == "single":
+        return AsyncPipe(config.hosts[0], config.options, config.tls)
+    if config.kind == "unix":
+        return AsyncPipe(config.path, config.options, False)
     return None
 
 
@@ -499,7 +513,12 @@ class AsyncRedisStorage:
             if cached is not None:
                 return cached
         try:
-            usages = await self._run(hits, "acquire")
+            if self._pipe is not None:  # _run's fast lane, inlined: this runs on every request
+                keys, args = script_args(hits, "acquire")
+                reply = await self._pipe.script(self._sha, self._script_text, keys, args)
+                usages = parse_reply(reply, len(hits))[0]
+            else:
+                usages = await self._run(hits, "acquire")
         except _ERRORS as exc:
             raise _storage_error(self.config, exc) from exc
         if any_refused(hits, usages):

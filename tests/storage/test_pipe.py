@@ -1,4 +1,4 @@
-"""The async storage's pipelined script connection (``ratemw/storage/_pipe.py``).
+"""The storages' script connections: ``_pipe.AsyncPipe`` (ASGI) and ``_sync_pipe.Pipe`` (WSGI).
 
 The reply parser and the packing are checked on their own; everything about talking to
 Redis is checked against a real ``redis-server``.
@@ -22,8 +22,10 @@ from redis.exceptions import ResponseError
 
 from ratemw import StorageError
 from ratemw.storage import Hit
-from ratemw.storage._pipe import Pipe, ReplyReader, pack, pack_script, packed_head
-from ratemw.storage.redis import SCRIPT, SCRIPT_SHA, AsyncRedisStorage
+from ratemw.storage._pipe import AsyncPipe
+from ratemw.storage._resp import ReplyReader, pack, pack_script, packed_head
+from ratemw.storage._sync_pipe import Pipe as SyncPipe
+from ratemw.storage.redis import SCRIPT, SCRIPT_SHA, AsyncRedisStorage, RedisStorage
 from tests.redis_servers import RedisServer
 from tests.storage.test_storage_contract import TEST_OPTIONS, key
 
@@ -36,6 +38,7 @@ def anyio_backend() -> str:
 
 
 ARGS = ["acquire 0", "fw 100 60000 1 1 0"]
+TIMEOUTS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
 # Busy for ARGV[1] milliseconds on the server, then answers 1: a slow but healthy server.
 SLOW = """
 local t = redis.call('TIME')
@@ -117,12 +120,42 @@ def test_pack_script_is_the_command_packed(keys: list[str]) -> None:
     assert pack_script(packed_head("EVALSHA", SCRIPT_SHA), 2, keys, args) == expected
 
 
-# -- against a real server ------------------------------------------------------------------
+# -- against a real server: the twins, from one table ----------------------------------------
 
 
-def _pipe(server: RedisServer, **options: Any) -> Pipe:
-    merged = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, **options}
-    return Pipe(server.address, merged, tls=False)
+class Twin:
+    """``AsyncPipe`` or the sync ``Pipe``, called the same way (the async one on one loop)."""
+
+    def __init__(self, asynchronous: bool, address: tuple[str, int], **options: Any) -> None:
+        merged = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, **options}
+        self.asynchronous = asynchronous
+        self.pipe: Any = (AsyncPipe if asynchronous else SyncPipe)(address, merged, tls=False)
+        self.loop = asyncio.new_event_loop() if asynchronous else None
+
+    def script(self, sha: str, text: str, keys: list[str], args: list[str]) -> Any:
+        if self.loop is None:
+            return self.pipe.script(sha, text, keys, args)
+        return self.loop.run_until_complete(self.pipe.script(sha, text, keys, args))
+
+    def close(self) -> None:
+        if self.loop is None:
+            self.pipe.close()
+            return
+        self.loop.run_until_complete(self.pipe.aclose())
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        self.loop.close()
+
+
+@pytest.fixture(params=[False, True], ids=["sync", "async"])
+def asynchronous(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+@pytest.fixture
+def twin(asynchronous: bool, redis_standalone_clean: RedisServer) -> Iterator[Twin]:
+    made = Twin(asynchronous, redis_standalone_clean.address)
+    yield made
+    made.close()
 
 
 def _clients(server: RedisServer) -> list[dict[str, Any]]:
@@ -131,8 +164,66 @@ def _clients(server: RedisServer) -> list[dict[str, Any]]:
         return [c for c in admin.client_list() if c.get("cmd") in ("evalsha", "eval")]
 
 
+def test_a_flushed_script_is_loaded_again(twin: Twin, redis_standalone_clean: RedisServer) -> None:
+    with redis_standalone_clean.client() as admin:
+        admin.script_flush()
+        assert admin.script_exists(SCRIPT_SHA) == [False]
+        assert twin.script(SCRIPT_SHA, SCRIPT, [key()], ARGS)[:2] == [1, 99]
+        assert admin.script_exists(SCRIPT_SHA) == [True]
+
+
+def test_a_script_error_is_raised_not_returned(twin: Twin) -> None:
+    with pytest.raises(ResponseError, match="boom"):
+        twin.script(hashlib.sha1(FAILING.encode()).hexdigest(), FAILING, [key()], [])
+    assert twin.script(SCRIPT_SHA, SCRIPT, [key()], ARGS)[:2] == [1, 99]  # still in step
+
+
+def test_a_silent_server_costs_one_timeout_then_a_new_connection(
+    asynchronous: bool, redis_standalone_clean: RedisServer
+) -> None:
+    server = redis_standalone_clean
+    twin = Twin(asynchronous, server.address, socket_timeout=0.3)
+    try:
+        twin.script(SCRIPT_SHA, SCRIPT, [key()], ARGS)
+        server.pause(1.0)
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            twin.script(SCRIPT_SHA, SCRIPT, [key()], ARGS)
+        assert 0.3 <= time.monotonic() - started < 0.9
+        server.unpause()
+        assert twin.script(SCRIPT_SHA, SCRIPT, [key()], ARGS)[0] == 1
+        assert len(_clients(server)) == 1  # the silent connection was closed, not kept
+    finally:
+        server.unpause()
+        twin.close()
+
+
+def test_a_restarted_server_is_reconnected_to(
+    twin: Twin, redis_standalone_clean: RedisServer
+) -> None:
+    twin.script(SCRIPT_SHA, SCRIPT, [key()], ARGS)
+    redis_standalone_clean.restart()
+    assert twin.script(SCRIPT_SHA, SCRIPT, [key()], ARGS)[:2] == [1, 99]
+
+
+def test_a_refused_connection_fails_fast(asynchronous: bool) -> None:
+    from tests.redis_servers import find_free_port
+
+    twin = Twin(asynchronous, ("127.0.0.1", find_free_port()))
+    try:
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError, match="Error connecting"):
+            twin.script(SCRIPT_SHA, SCRIPT, [key()], ARGS)
+        assert time.monotonic() - started < 0.5
+    finally:
+        twin.close()
+
+
+# -- the async twin: one connection, pipelined --------------------------------------------------
+
+
 async def test_concurrent_calls_share_one_connection(redis_standalone_clean: RedisServer) -> None:
-    pipe = _pipe(redis_standalone_clean)
+    pipe = AsyncPipe(redis_standalone_clean.address, TIMEOUTS, tls=False)
     name = key()
     try:
         replies = await asyncio.gather(
@@ -146,34 +237,14 @@ async def test_concurrent_calls_share_one_connection(redis_standalone_clean: Red
         await pipe.aclose()
 
 
-async def test_a_flushed_script_is_loaded_again(redis_standalone_clean: RedisServer) -> None:
-    pipe = _pipe(redis_standalone_clean)
-    try:
-        with redis_standalone_clean.client() as admin:
-            admin.script_flush()
-            assert admin.script_exists(SCRIPT_SHA) == [False]
-            assert (await pipe.script(SCRIPT_SHA, SCRIPT, [key()], ARGS))[:2] == [1, 99]
-            assert admin.script_exists(SCRIPT_SHA) == [True]
-    finally:
-        await pipe.aclose()
-
-
-async def test_a_script_error_is_raised_not_returned(redis_standalone_clean: RedisServer) -> None:
-    pipe = _pipe(redis_standalone_clean)
-    try:
-        with pytest.raises(ResponseError, match="boom"):
-            await pipe.script(hashlib.sha1(FAILING.encode()).hexdigest(), FAILING, [key()], [])
-    finally:
-        await pipe.aclose()
-
-
 async def test_a_late_reply_is_dropped_and_later_calls_get_their_own(
     redis_standalone_clean: RedisServer,
 ) -> None:
     # Two slow scripts back to back: the first answers at 150 ms (so the server is not
     # silent), the second would at 300 ms, after its 250 ms deadline. Its late answer must
     # be thrown away, not handed to the next call, and the connection kept.
-    pipe = _pipe(redis_standalone_clean, socket_timeout=0.25)
+    pipe = AsyncPipe(redis_standalone_clean.address, {**TIMEOUTS, "socket_timeout": 0.25},
+                     tls=False)
     try:
         first = asyncio.ensure_future(pipe.script(SLOW_SHA, SLOW, [key()], ["150", "1"]))
         await asyncio.sleep(0.02)
@@ -190,51 +261,22 @@ async def test_a_late_reply_is_dropped_and_later_calls_get_their_own(
         await pipe.aclose()
 
 
-async def test_a_silent_server_costs_one_timeout_and_its_connection(
+async def test_a_silent_server_fails_every_waiting_call_at_once(
     redis_standalone_clean: RedisServer,
 ) -> None:
     server = redis_standalone_clean
-    pipe = _pipe(server, socket_timeout=0.3)
+    pipe = AsyncPipe(server.address, {**TIMEOUTS, "socket_timeout": 0.3}, tls=False)
     try:
         await pipe.script(SCRIPT_SHA, SCRIPT, [key()], ARGS)
-        before = pipe._connection
         server.pause(1.0)
         started = time.monotonic()
         calls = [pipe.script(SCRIPT_SHA, SCRIPT, [key()], ARGS) for _ in range(5)]
         results = await asyncio.gather(*calls, return_exceptions=True)
-        waited = time.monotonic() - started
         assert all(isinstance(r, redis.TimeoutError) for r in results), results
-        assert 0.3 <= waited < 0.9, waited  # one timeout, not one per call
-        assert before is not None and before.lost is not None  # closed: it stayed silent
-        server.unpause()
-        assert (await pipe.script(SCRIPT_SHA, SCRIPT, [key()], ARGS))[0] == 1
-        assert pipe._connection is not before
+        assert 0.3 <= time.monotonic() - started < 0.9  # one timeout, not one per call
     finally:
         server.unpause()
         await pipe.aclose()
-
-
-async def test_a_restarted_server_is_reconnected_to(redis_standalone_clean: RedisServer) -> None:
-    pipe = _pipe(redis_standalone_clean)
-    try:
-        await pipe.script(SCRIPT_SHA, SCRIPT, [key()], ARGS)
-        redis_standalone_clean.restart()
-        await asyncio.sleep(0.05)
-        assert (await pipe.script(SCRIPT_SHA, SCRIPT, [key()], ARGS))[:2] == [1, 99]
-    finally:
-        await pipe.aclose()
-
-
-async def test_a_refused_connection_fails_fast() -> None:
-    from tests.redis_servers import find_free_port
-
-    pipe = Pipe(("127.0.0.1", find_free_port()), {"socket_timeout": 1.0,
-                                                   "socket_connect_timeout": 1.0}, tls=False)
-    started = time.monotonic()
-    with pytest.raises(redis.ConnectionError, match="Error connecting"):
-        await pipe.script(SCRIPT_SHA, SCRIPT, [key()], ARGS)
-    assert time.monotonic() - started < 0.5
-    await pipe.aclose()
 
 
 # -- credentials and databases ----------------------------------------------------------------
@@ -252,6 +294,26 @@ def locked_server() -> Iterator[RedisServer]:
         server.stop()
 
 
+def _storage(asynchronous: bool, uri: str, **options: Any) -> Any:
+    return (AsyncRedisStorage if asynchronous else RedisStorage)(uri, **{**TEST_OPTIONS, **options})
+
+
+def _acquire(asynchronous: bool, storage: Any, hits: list[Hit]) -> Any:
+    if not asynchronous:
+        try:
+            return storage.acquire(hits)
+        finally:
+            storage.close()
+
+    async def main() -> Any:
+        try:
+            return await storage.acquire(hits)
+        finally:
+            await storage.aclose()
+
+    return asyncio.run(main())
+
+
 @pytest.mark.parametrize(
     "credentials",
     [
@@ -259,22 +321,21 @@ def locked_server() -> Iterator[RedisServer]:
         pytest.param("alice:alice-pw@", id="user and password"),
     ],
 )
-async def test_credentials_and_database_are_sent(
-    locked_server: RedisServer, credentials: str
+def test_credentials_and_database_are_sent(
+    locked_server: RedisServer, asynchronous: bool, credentials: str
 ) -> None:
     host, port = locked_server.address
-    storage = AsyncRedisStorage(f"redis://{credentials}{host}:{port}/3", **TEST_OPTIONS)
+    storage = _storage(asynchronous, f"redis://{credentials}{host}:{port}/3")
     name = key()
+    usage = _acquire(asynchronous, storage, [Hit(name, 5, 60_000, 1, "fixed-window")])
+    assert usage[0].remaining == 4
     try:
-        usage = await storage.acquire([Hit(name, 5, 60_000, 1, "fixed-window")])
-        assert usage[0].remaining == 4
         locked_server._admin("SELECT", 3)
         assert locked_server._admin("EXISTS", name) == 1
         locked_server._admin("SELECT", 0)
         assert locked_server._admin("EXISTS", name) == 0
     finally:
         locked_server._admin("SELECT", 0)
-        await storage.aclose()
 
 
 @pytest.mark.parametrize(
@@ -285,19 +346,35 @@ async def test_credentials_and_database_are_sent(
         pytest.param("alice:wrong@", id="wrong user password"),
     ],
 )
-async def test_bad_credentials_are_a_storage_error(
-    locked_server: RedisServer, credentials: str
+def test_bad_credentials_are_a_storage_error(
+    locked_server: RedisServer, asynchronous: bool, credentials: str
 ) -> None:
     host, port = locked_server.address
-    storage = AsyncRedisStorage(f"redis://{credentials}{host}:{port}", **TEST_OPTIONS)
+    storage = _storage(asynchronous, f"redis://{credentials}{host}:{port}")
+    with pytest.raises(StorageError) as caught:
+        _acquire(asynchronous, storage, [Hit(key(), 5, 60_000, 1, "fixed-window")])
+    assert any(word in str(caught.value) for word in ("WRONGPASS", "NOAUTH", "invalid")), (
+        caught.value
+    )
+
+
+def test_a_new_connection_to_a_paused_server_costs_one_timeout(
+    locked_server: RedisServer, asynchronous: bool
+) -> None:
+    # Opening the connection, its handshake (AUTH) and the command share the call's one
+    # deadline, socket_timeout: a generous socket_connect_timeout does not let the handshake
+    # with a server that does not answer run past it (here it would wait out the pause).
+    host, port = locked_server.address
+    storage = _storage(asynchronous, f"redis://:s3cret@{host}:{port}",
+                       socket_timeout=0.4, socket_connect_timeout=5)
+    locked_server.pause(1.5)
     try:
-        with pytest.raises(StorageError) as caught:
-            await storage.acquire([Hit(key(), 5, 60_000, 1, "fixed-window")])
-        cause = caught.value.__cause__
-        assert isinstance(cause, redis.RedisError)
-        assert any(word in str(cause) for word in ("WRONGPASS", "NOAUTH", "invalid")), cause
+        started = time.monotonic()
+        with pytest.raises(StorageError):
+            _acquire(asynchronous, storage, [Hit(key(), 5, 60_000, 1, "fixed-window")])
+        assert time.monotonic() - started < 0.7
     finally:
-        await storage.aclose()
+        locked_server.unpause()
 
 
 # -- event loops --------------------------------------------------------------------------------

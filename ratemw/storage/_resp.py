@@ -1,0 +1,164 @@
+"""Just enough RESP2 for the storage's fast lanes: packing commands, parsing replies.
+
+Shared by the async (``_pipe.py``) and sync (``_sync_pipe.py``) script connections, with what
+both need to open one: the TLS context and the handshake.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import AuthenticationError, ResponseError
+
+_hiredis: Any
+try:  # the C parser redis-py uses too, when installed
+    import hiredis as _hiredis
+except ImportError:  # pragma: no cover - ReplyReader is tested on its own
+    _hiredis = None
+
+
+class ReplyReader:
+    """A RESP2 reply parser with ``hiredis.Reader``'s interface: ``feed`` bytes, ``gets``.
+
+    ``gets`` returns the next whole reply, or ``False`` when more bytes are needed. Error
+    replies are returned (not raised) as ``ResponseError`` instances; bulk strings are bytes.
+    Used when hiredis is not installed.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def gets(self) -> Any:
+        parsed = self._parse(0)
+        if parsed is None:
+            return False
+        reply, end = parsed
+        del self._buffer[:end]
+        return reply
+
+    def _parse(self, start: int) -> tuple[Any, int] | None:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n", start)
+        if end < 0:
+            return None
+        kind, line, after = buffer[start : start + 1], bytes(buffer[start + 1 : end]), end + 2
+        if kind == b":":
+            return int(line), after
+        if kind == b"+":
+            return line, after
+        if kind == b"-":
+            return ResponseError(line.decode("utf-8", "replace")), after
+        if kind == b"$":
+            size = int(line)
+            if size < 0:
+                return None, after
+            if len(buffer) < after + size + 2:
+                return None
+            return bytes(buffer[after : after + size]), after + size + 2
+        if kind == b"*":
+            return self._parse_array(int(line), after)
+        raise redis.ConnectionError(f"Protocol error: unexpected reply type {bytes(kind)!r}")
+
+    def _parse_array(self, count: int, position: int) -> tuple[Any, int] | None:
+        if count < 0:
+            return None, position
+        items = []
+        for _ in range(count):
+            parsed = self._parse(position)
+            if parsed is None:
+                return None
+            item, position = parsed
+            items.append(item)
+        return items, position
+
+
+def new_reader() -> Any:
+    """hiredis's reader where it is installed, ours otherwise."""
+    if _hiredis is not None:
+        return _hiredis.Reader(replyError=ResponseError, protocolError=redis.ConnectionError)
+    return ReplyReader()  # pragma: no cover
+
+
+def pack(args: Sequence[str | bytes | int]) -> bytes:
+    """A command in RESP2: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8", "surrogateescape")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def pack_script(head: str, count: int, keys: Sequence[str], args: Sequence[str]) -> bytes:
+    """``head`` (the command and its first arguments, packed) + ``keys`` + ``args``, packed.
+
+    The common case, ASCII text, is packed as one string and encoded once: this runs on
+    every request.
+    """
+    parts = [f"*{count + len(keys) + len(args) + 1}\r\n{head}${len(str(len(keys)))}\r\n"
+             f"{len(keys)}\r\n"]
+    for arg in (*keys, *args):
+        parts.append(f"${len(arg)}\r\n{arg}\r\n")
+    text = "".join(parts)
+    if text.isascii():
+        return text.encode("ascii")
+    # Lengths count bytes: redo it the long way.
+    head_parts = head.encode("utf-8", "surrogateescape")
+    tail = pack([len(keys), *keys, *args])
+    first, _, rest = tail.partition(b"\r\n")
+    return b"*%d\r\n%s%s" % (count + int(first[1:]), head_parts, rest)
+
+
+def packed_head(*args: str) -> str:
+    """The leading arguments of a command, packed (for ``pack_script``)."""
+    return "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+
+
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """An SSL context from the storage's ``ssl_*`` options (redis-py's defaults)."""
+    context = ssl.create_default_context()
+    cert_reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}.get(
+        options.get("ssl_cert_reqs", "required"), ssl.CERT_REQUIRED
+    )
+    context.check_hostname = cert_reqs != ssl.CERT_NONE and options.get(
+        "ssl_check_hostname", True
+    )
+    context.verify_mode = cert_reqs
+    if options.get("ssl_certfile") or options.get("ssl_keyfile"):
+        context.load_cert_chain(options.get("ssl_certfile", ""), options.get("ssl_keyfile"))
+    if options.get("ssl_ca_certs"):
+        context.load_verify_locations(cafile=options["ssl_ca_certs"])
+    return context
+
+
+def handshake(options: dict[str, Any]) -> list[list[str]]:
+    commands = []
+    if options.get("password") is not None:
+        username = options.get("username")
+        credentials = [username, options["password"]] if username else [options["password"]]
+        commands.append(["AUTH", *credentials])
+    if options.get("db"):
+        commands.append(["SELECT", str(options["db"])])
+    return commands
+
+
+
+
+def check_handshake(replies: Sequence[Any]) -> None:
+    """Raise what the server said, if it refused the handshake."""
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            text = str(reply)
+            if "WRONGPASS" in text or "NOAUTH" in text or "invalid password" in text:
+                raise AuthenticationError(text)
+            raise redis.ConnectionError(f"Redis refused the connection set-up: {text}")
+
+
+def where(address: tuple[str, int] | str) -> str:
+    """``host:port``, or the socket path (for messages)."""
+    return address if isinstance(address, str) else f"{address[0]}:{address[1]}"

@@ -305,7 +305,7 @@ def verdicts(label: str, overheads: dict[str, float], rival: str, floor_target: 
     print(f"{label}: ratemw / bare EVALSHA round trip = {versus_floor:.3f} "
           f"(target <= {FLOOR_TARGET}: {verdict})")
     if "evalsha-redis-py" in overheads:
-        print(f"{label}: ratemw / bare EVALSHA through redis-py's async client = "
+        print(f"{label}: ratemw / bare EVALSHA through redis-py's client = "
               f"{ours / overheads['evalsha-redis-py']:.3f} (information)")
     return met_rival and (met_floor or not floor_target)
 

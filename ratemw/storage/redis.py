@@ -391,20 +391,23 @@ class RedisStorage:
                 each.close()
 
 
-def _sync_pipe_for(config: RedisConfig) -> Pipe | None:
+def _single_address(config: RedisConfig) -> tuple[str, int] | str | None:
+    """Where a single server listens (the pipes' address); None on Cluster and Sentinel."""
     if config.kind == "single":
-        return Pipe(config.hosts[0], config.options, config.tls)
+        return config.hosts[0]
     if config.kind == "unix":
-        return Pipe(config.path, config.options, False)
+        return config.path
     return None
+
+
+def _sync_pipe_for(config: RedisConfig) -> Pipe | None:
+    address = _single_address(config)
+    return None if address is None else Pipe(address, config.options, config.tls)
 
 
 def _pipe_for(config: RedisConfig) -> AsyncPipe | None:
-    if config.kind == "single":
-        return AsyncPipe(config.hosts[0], config.options, config.tls)
-    if config.kind == "unix":
-        return AsyncPipe(config.path, config.options, False)
-    return None
+    address = _single_address(config)
+    return None if address is None else AsyncPipe(address, config.options, config.tls)
 
 
 class AsyncRedisStorage:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 from ratemw._breaker import CircuitBreaker
-from ratemw._core import KeyHasher
+from ratemw._core import KeptBatches, KeyHasher
 from ratemw._decision import HEADER_MODES, Decision
 from ratemw._exceptions import ConfigurationError
 from ratemw._groups import (
@@ -203,6 +203,7 @@ class Limiter:
         )
         self.rules = self.check_rules(rules)
         self.hash_key = KeyHasher()
+        self.batches = KeptBatches()
         self.key_failures = KeyFailureLog(clock or _monotonic_ms)
         self._endpoint_groups: dict[Any, tuple[LimitGroup, ...]] = {}
         self._exempt: set[Any] = set()

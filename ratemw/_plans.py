@@ -7,8 +7,9 @@ whose quotas are all known also holds its whole ``RateLimit-Policy`` value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ratemw._decision import sf_string
 from ratemw._groups import LimitGroup
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 #: caller's invention: real routes are short) is planned afresh each time instead, so a cache
 #: entry never holds more than a few such parts of this size.
 MAX_CACHED_PATH = 512
+
+_serials = itertools.count(1)
 
 STRATEGY_TAGS = {
     "fixed-window": "fw",
@@ -56,16 +59,24 @@ class Plan:
     """The compiled limits of one route and method.
 
     ``simple`` plans (every quota known, no ``exempt_when``, no computed cost, no concurrency
-    quota and no ``deduct_when``) take the fast path; ``policy_header`` is their
-    ``RateLimit-Policy`` value.
+    quota, no ``deduct_when``, no shadow limit) have their ``RateLimit-Policy`` value in
+    ``policy_header``. ``fast`` plans are simple plans of a limiter with nothing to report on
+    an admitted request (no hook or metrics that see it, draft-10 headers or none): their
+    callers' hits are kept between requests (``serial`` names the plan in that cache) and an
+    admitted request's headers come straight from the storage's numbers.
+    ``needs_request``: a key, limit, cost or hook looks past ``request.scope``.
     """
 
     template: str
     entries: tuple[Entry, ...]
     names: frozenset[str] = frozenset()
     simple: bool = False
+    fast: bool = False
     policy_header: str = ""
     needs_request: bool = True
+    state_heads: tuple[str, ...] = ()  # a simple plan's slots' RateLimit heads, in hit order
+    used: tuple[Any, ...] = ()  # a fast plan's (entry, slots, cost, enforce), as evaluate uses
+    serial: int = field(default_factory=_serials.__next__, compare=False, repr=False)
 
     @property
     def groups(self) -> tuple[LimitGroup, ...]:
@@ -137,13 +148,20 @@ def compile_plan(
         simple = simple and group.exempt_when is None and group.deduct_when is None
         simple = simple and not group.shadow
         simple = simple and isinstance(group.cost, int)
+    fast = simple and limiter.fast_reporting
     return Plan(
         template=template,
         entries=tuple(entries),
         names=frozenset(names),
         simple=simple,
+        fast=fast,
         policy_header=", ".join(policy_parts) if simple else "",
-        needs_request=needs_request,
+        needs_request=needs_request or limiter.has_hooks,
+        state_heads=tuple(
+            slot.state_head for entry in entries for slot in entry.slots or ()
+        ) if simple else (),
+        used=tuple((entry, entry.slots, entry.group.cost, True) for entry in entries)
+        if fast else (),
     )
 
 

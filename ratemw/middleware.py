@@ -111,7 +111,7 @@ class RateLimitMiddleware:
             return
         limiter = self.limiter
         request: Any
-        if plan.needs_request or limiter.has_hooks:
+        if plan.needs_request:
             request = Request(scope, receive) if scope_type == "http" else HTTPConnection(scope)
         else:
             request = ScopeHolder(scope)  # nothing will look past request.scope

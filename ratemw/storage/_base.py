@@ -9,9 +9,9 @@ numbers are exact and agree between hosts that share a storage.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter", "gcra")
 CONCURRENCY = "concurrency"  # the strategy of "N concurrent" quotas, whatever the limiter's
@@ -35,6 +35,21 @@ class Hit:
     enforce: bool = True
     burst: int = 0
     token: str = ""
+
+
+class Batch(list[Hit]):
+    """The hits of one caller on one route, built once and kept for its next requests.
+
+    Hits never change once built, so a storage may keep what it derives from a batch (the
+    Redis storage keeps the script call it sends) in ``wire``: a repeat caller costs no
+    re-encoding. Any other sequence of hits works the same, only without the keeping.
+    """
+
+    __slots__ = ("wire",)
+
+    def __init__(self, hits: Iterable[Hit] = ()) -> None:
+        super().__init__(hits)
+        self.wire: Any = None
 
 
 @dataclass(slots=True)

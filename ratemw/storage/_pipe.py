@@ -32,15 +32,16 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError, ResponseError
 
 from ratemw.storage._resp import (
     check_handshake,
+    eval_command,
+    evalsha_command,
     handshake,
+    lost_script,
     new_reader,
     pack,
-    pack_script,
-    packed_head,
+    script_result,
     tls_context,
     where,
 )
@@ -178,20 +179,27 @@ class AsyncPipe:
         self._tls = tls_context(options) if tls else None
         self._connection: _Connection | None = None
         self._opening: asyncio.Task[_Connection] | None = None
-        self._heads: dict[str, str] = {}
 
     @property
     def where(self) -> str:
         return where(self.address)
 
-    async def script(self, sha: str, text: str, keys: Sequence[str], args: Sequence[str]) -> Any:
-        """``EVALSHA`` (``EVAL`` if the server lost the script), within one timeout."""
+    async def script(
+        self,
+        sha: str,
+        text: str,
+        keys: Sequence[str],
+        args: Sequence[str],
+        command: bytes | None = None,
+    ) -> Any:
+        """``EVALSHA`` (``EVAL`` if the server lost the script), within one timeout.
+
+        ``command``: the ``EVALSHA`` already packed (``evalsha_command``), if at hand.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        head = self._heads.get(sha)
-        if head is None:
-            head = self._heads[sha] = packed_head("EVALSHA", sha)
-        command = pack_script(head, 2, keys, args)
+        if command is None:
+            command = evalsha_command(sha, keys, args)
         connection = self._connection
         if connection is not None and connection.lost is None and connection.loop is loop:
             try:
@@ -202,12 +210,9 @@ class AsyncPipe:
             reply = await self._retry(loop, deadline, command)
         if type(reply) is list:
             return reply
-        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-            command = pack_script(packed_head("EVAL", text), 2, keys, args)
-            reply = await self._retry(loop, deadline, command)
-        if isinstance(reply, ResponseError):
-            raise NoScriptError(str(reply)) if str(reply).startswith("NOSCRIPT") else reply
-        return reply
+        if lost_script(reply):
+            reply = await self._retry(loop, deadline, eval_command(text, keys, args))
+        return script_result(reply)
 
     async def _retry(self, loop: asyncio.AbstractEventLoop, deadline: float, command: bytes) -> Any:
         # A new connection if need be, and one more try on a lost one (one that died with a

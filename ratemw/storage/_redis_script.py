@@ -11,7 +11,8 @@ from importlib import resources
 from typing import Any
 
 from ratemw._exceptions import StorageError
-from ratemw.storage._base import CONCURRENCY, Hit, Usage
+from ratemw.storage._base import CONCURRENCY, Batch, Hit, Usage
+from ratemw.storage._resp import evalsha_command
 
 SCRIPT = resources.files("ratemw.storage").joinpath("acquire.lua").read_text("utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
@@ -77,6 +78,23 @@ def script_args(hits: Sequence[Hit], mode: str, stamp: int = 0) -> tuple[list[st
             f"{int(hit.enforce)} {extra}"
         )
     return keys, args
+
+
+def acquire_call(hits: Sequence[Hit], sha: str) -> tuple[list[str], list[Any], bytes | None]:
+    """An acquire's ``KEYS``, ``ARGV`` and packed ``EVALSHA`` (``None``: to be packed).
+
+    A ``Batch`` (a repeat caller's kept hits) keeps its call: built once, sent many times.
+    """
+    if type(hits) is Batch:
+        wire = hits.wire
+        if wire is not None and wire[0] == sha:
+            return wire[1]  # type: ignore[no-any-return]
+        keys, args = script_args(hits, "acquire")
+        call = keys, args, evalsha_command(sha, keys, args)
+        hits.wire = (sha, call)
+        return call
+    keys, args = script_args(hits, "acquire")
+    return keys, args, None
 
 
 def parse_reply(reply: Sequence[Any], count: int) -> tuple[list[Usage], int]:

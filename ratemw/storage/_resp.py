@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 
 _hiredis: Any
 try:  # the C parser redis-py uses too, when installed
@@ -117,6 +117,34 @@ def pack_script(head: str, count: int, keys: Sequence[str], args: Sequence[str])
 def packed_head(*args: str) -> str:
     """The leading arguments of a command, packed (for ``pack_script``)."""
     return "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+
+
+_EVALSHA_HEADS: dict[str, str] = {}  # one per script SHA: a handful at most
+
+
+def evalsha_command(sha: str, keys: Sequence[str], args: Sequence[str]) -> bytes:
+    """``EVALSHA sha numkeys keys... args...``, packed."""
+    head = _EVALSHA_HEADS.get(sha)
+    if head is None:
+        head = _EVALSHA_HEADS[sha] = packed_head("EVALSHA", sha)
+    return pack_script(head, 2, keys, args)
+
+
+def eval_command(text: str, keys: Sequence[str], args: Sequence[str]) -> bytes:
+    """``EVAL text numkeys keys... args...``, packed: what loads a script the server lost."""
+    return pack_script(packed_head("EVAL", text), 2, keys, args)
+
+
+def lost_script(reply: Any) -> bool:
+    """Whether an ``EVALSHA`` was answered ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``)."""
+    return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
+
+
+def script_result(reply: Any) -> Any:
+    """A script call's reply, or its error reply raised as redis-py would raise it."""
+    if isinstance(reply, ResponseError):
+        raise NoScriptError(str(reply)) if lost_script(reply) else reply
+    return reply
 
 
 def tls_context(options: dict[str, Any]) -> ssl.SSLContext:

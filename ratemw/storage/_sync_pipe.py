@@ -24,15 +24,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError, ResponseError
 
 from ratemw.storage._resp import (
     check_handshake,
+    eval_command,
+    evalsha_command,
     handshake,
+    lost_script,
     new_reader,
     pack,
-    pack_script,
-    packed_head,
+    script_result,
     tls_context,
     where,
 )
@@ -97,23 +98,27 @@ class Pipe:
         self._handshake = [pack(command) for command in handshake(options)]
         self._tls = tls_context(options) if tls else None
         self._idle: deque[_Link] = deque()  # append and pop are atomic: no lock needed
-        self._heads: dict[str, str] = {}
         self._pid = os.getpid()
 
-    def script(self, sha: str, text: str, keys: Sequence[str], args: Sequence[str]) -> Any:
-        """``EVALSHA`` (``EVAL`` if the server lost the script), within one timeout."""
+    def script(
+        self,
+        sha: str,
+        text: str,
+        keys: Sequence[str],
+        args: Sequence[str],
+        command: bytes | None = None,
+    ) -> Any:
+        """``EVALSHA`` (``EVAL`` if the server lost the script), within one timeout.
+
+        ``command``: the ``EVALSHA`` already packed (``evalsha_command``), if at hand.
+        """
         deadline = time.monotonic() + self.timeout
-        head = self._heads.get(sha)
-        if head is None:
-            head = self._heads[sha] = packed_head("EVALSHA", sha)
-        reply = self._call(pack_script(head, 2, keys, args), deadline)
+        reply = self._call(command or evalsha_command(sha, keys, args), deadline)
         if type(reply) is list:
             return reply
-        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-            reply = self._call(pack_script(packed_head("EVAL", text), 2, keys, args), deadline)
-        if isinstance(reply, ResponseError):
-            raise NoScriptError(str(reply)) if str(reply).startswith("NOSCRIPT") else reply
-        return reply
+        if lost_script(reply):
+            reply = self._call(eval_command(text, keys, args), deadline)
+        return script_result(reply)
 
     def _call(self, command: bytes, deadline: float) -> Any:
         if self._pid != os.getpid():  # forked: the parent's connections are not ours to use

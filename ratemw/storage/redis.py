@@ -57,6 +57,7 @@ from ratemw.storage._redis_script import (
     SCRIPT,
     SCRIPT_SHA,
     STRATEGIES,
+    acquire_call,
     any_refused,
     compose_script,
     parse_reply,
@@ -277,7 +278,7 @@ class RedisStorage:
                     self._client, self._closers = build_client(self.config, asynchronous=False)
         return self._client
 
-    def _script(self, keys: list[str], args: list[Any]) -> Any:
+    def _script(self, keys: list[str], args: list[Any], command: bytes | None = None) -> Any:
         failures = self._failures
         waits = self._slots.busy()  # every connection busy: wait, but not for ever
         if not self._slots.acquire(self.config.options["pool_timeout"]):
@@ -287,7 +288,7 @@ class RedisStorage:
             raise _FailedAhead()
         try:
             if self._pipe is not None:  # a single server: the fast lane
-                return self._pipe.script(self._sha, self._script_text, keys, args)
+                return self._pipe.script(self._sha, self._script_text, keys, args, command)
             client = self.client
             for attempt in range(self._attempts):
                 try:
@@ -325,7 +326,10 @@ class RedisStorage:
             if cached is not None:
                 return cached
         try:
-            usages = self._run(hits, "acquire")
+            if self._pipe is not None:  # a single server: one script call, kept for a batch
+                usages = parse_reply(self._script(*acquire_call(hits, self._sha)), len(hits))[0]
+            else:
+                usages = self._run(hits, "acquire")
         except _ERRORS as exc:
             raise _storage_error(self.config, exc) from exc
         if any_refused(hits, usages):
@@ -517,8 +521,8 @@ class AsyncRedisStorage:
                 return cached
         try:
             if self._pipe is not None:  # _run's fast lane, inlined: this runs on every request
-                keys, args = script_args(hits, "acquire")
-                reply = await self._pipe.script(self._sha, self._script_text, keys, args)
+                keys, args, command = acquire_call(hits, self._sha)
+                reply = await self._pipe.script(self._sha, self._script_text, keys, args, command)
                 usages = parse_reply(reply, len(hits))[0]
             else:
                 usages = await self._run(hits, "acquire")

@@ -22,7 +22,9 @@ from ratemw import ConfigurationError, Limiter, StorageError
 from ratemw._core import storage_key
 from ratemw._quota import parse_quotas
 from ratemw.storage import Hit, Usage
-from ratemw.storage.redis import AsyncRedisStorage, RedisStorage
+from ratemw.storage._base import Batch
+from ratemw.storage._resp import evalsha_command
+from ratemw.storage.redis import SCRIPT_SHA, AsyncRedisStorage, RedisStorage
 from tests.redis_servers import RedisCluster, RedisSentinel, RedisServer
 from tests.storage.test_storage_contract import TEST_OPTIONS, key
 
@@ -149,33 +151,70 @@ def test_refusals_that_can_end_early_are_not_remembered(
 # -- scripts and restarts ------------------------------------------------------------------------
 
 
-def test_script_flush_does_not_reach_the_caller(redis_standalone_clean: RedisServer) -> None:
+@pytest.mark.parametrize("kept", [False, True], ids=["hits", "kept-batch"])
+def test_script_flush_does_not_reach_the_caller(
+    redis_standalone_clean: RedisServer, kept: bool
+) -> None:
     storage = RedisStorage(redis_standalone_clean.url, **TEST_OPTIONS)
     admin = redis_standalone_clean.client()
     try:
-        hits = three_hits(amount=10)
+        hits = Batch(three_hits(amount=10)) if kept else three_hits(amount=10)
         assert storage.acquire(hits)[0].remaining == 9
-        admin.script_flush()
+        admin.script_flush()  # a kept batch's call is an EVALSHA the server no longer knows
         assert storage.acquire(hits)[0].remaining == 8
+        assert storage.acquire(hits)[0].remaining == 7
     finally:
         admin.close()
         storage.close()
 
 
-def test_script_flush_does_not_reach_the_caller_async(redis_standalone_clean: RedisServer) -> None:
+@pytest.mark.parametrize("kept", [False, True], ids=["hits", "kept-batch"])
+def test_script_flush_does_not_reach_the_caller_async(
+    redis_standalone_clean: RedisServer, kept: bool
+) -> None:
     async def main() -> list[int]:
         storage = AsyncRedisStorage(redis_standalone_clean.url, **TEST_OPTIONS)
         admin = redis_standalone_clean.client()
         try:
-            hits = three_hits(amount=10)
+            hits = Batch(three_hits(amount=10)) if kept else three_hits(amount=10)
             first = (await storage.acquire(hits))[0].remaining
             admin.script_flush()
-            return [first, (await storage.acquire(hits))[0].remaining]
+            second = (await storage.acquire(hits))[0].remaining
+            return [first, second, (await storage.acquire(hits))[0].remaining]
         finally:
             admin.close()
             await storage.aclose()
 
-    assert asyncio.run(main()) == [9, 8]
+    assert asyncio.run(main()) == [9, 8, 7]
+
+
+def test_a_kept_batch_keeps_its_script_call(redis_standalone_clean: RedisServer) -> None:
+    # A repeat caller's hits come as one kept Batch: its EVALSHA is packed once and sent
+    # again as is. A call kept for another script (another SHA) is never sent.
+    sync = RedisStorage(redis_standalone_clean.url, **TEST_OPTIONS)
+
+    async def twice_async(batch: Batch) -> list[int]:
+        storage = AsyncRedisStorage(redis_standalone_clean.url, **TEST_OPTIONS)
+        try:
+            return [(await storage.acquire(batch))[0].remaining for _ in range(2)]
+        finally:
+            await storage.aclose()
+
+    try:
+        for tag, twice in (
+            ("sync", lambda b: [sync.acquire(b)[0].remaining for _ in range(2)]),
+            ("async", lambda b: asyncio.run(twice_async(b))),
+        ):
+            batch = Batch(three_hits(tag, amount=10))
+            assert twice(batch) == [9, 8]
+            sha, (keys, args, command) = batch.wire
+            assert sha == SCRIPT_SHA and keys == [hit.key for hit in batch]
+            assert command == evalsha_command(SCRIPT_SHA, keys, args)
+            batch.wire = ("0" * 40, (keys, args, b"*1\r\n$4\r\nPING\r\n"))
+            assert twice(batch) == [7, 6]  # rebuilt for this script, not a PING
+            assert batch.wire[0] == SCRIPT_SHA
+    finally:
+        sync.close()
 
 
 def test_a_restarted_server_is_used_again_without_errors(redis_server_private: RedisServer) -> None:

@@ -1,0 +1,124 @@
+"""The decision core's fast lane: which plans take it, and the callers' hits it keeps.
+
+The numbers a caller sees are checked everywhere else (the caller-view table, the storage
+contract); these tests pin down what the fast lane keeps and what it must not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ratemw import Limiter, keys
+from ratemw._core import MAX_KEY_LENGTH, KeptBatches, Outcome, evaluate
+from ratemw._drivers import run
+from ratemw._plans import Plan
+from ratemw.keys import ScopeHolder
+from ratemw.storage._base import Batch
+from ratemw.testing import FakeClock
+
+
+def request(client: str = "203.0.113.7", api_key: str | None = None) -> ScopeHolder:
+    headers = [(b"x-api-key", api_key.encode())] if api_key is not None else []
+    scope = {"type": "http", "method": "GET", "path": "/r", "headers": headers,
+             "client": (client, 1234)}
+    return ScopeHolder(scope)
+
+
+def planned(limiter: Limiter, limit: str = "3/minute", **options: Any) -> Plan:
+    endpoint = limiter.limit(limit, **options)(lambda: None)
+    return limiter.plan(endpoint, "/r", "/r", "GET")
+
+
+def decide(limiter: Limiter, plan: Plan, caller: ScopeHolder) -> Outcome:
+    return run(limiter, evaluate(limiter, plan, caller, "GET", "/r"))
+
+
+def test_a_repeat_caller_reuses_its_hits() -> None:
+    limiter = Limiter(clock=FakeClock())
+    plan = planned(limiter)
+    assert plan.fast
+    outcomes = [decide(limiter, plan, request()) for _ in range(4)]
+    assert [o.exceeded is None for o in outcomes] == [True, True, True, False]
+    assert outcomes[0].headers[1] == ("RateLimit", '"per-minute";r=2;t=60')
+    kept = limiter.batches.kept
+    assert len(kept) == 1
+    (batch,) = kept.values()
+    assert limiter.batches.get(limiter, plan, ["203.0.113.7"]) is batch
+    decide(limiter, plan, request("198.51.100.1"))  # another caller: its own hits
+    assert len(kept) == 2
+    assert len({hit.key for kept_batch in kept.values() for hit in kept_batch}) == 2
+
+
+def test_hits_of_several_keys_are_kept_together() -> None:
+    # A route limit by API key and an application limit by address: one batch, two digests.
+    limiter = Limiter(clock=FakeClock(), application_limits="100/minute")
+    plan = planned(limiter, key=keys.header("X-API-Key"))
+    assert plan.fast and len(plan.entries) == 2
+    decide(limiter, plan, request(api_key="k1"))
+    decide(limiter, plan, request(api_key="k2"))
+    assert len(limiter.batches.kept) == 2
+    for batch in limiter.batches.kept.values():
+        route, app = batch
+        assert route.amount == 3 and app.amount == 100
+        assert route.key.split("}")[0] != app.key.split("}")[0]  # different identities
+    # The same key from another address counts on the key's bucket, not a new one.
+    first = decide(limiter, plan, request("198.51.100.1", api_key="k1"))
+    assert first.headers[1][1].startswith('"per-minute";r=1;')
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"on_near_limit": lambda request, decision: None},
+        {"metrics": "prometheus"},
+        {"shadow": True},
+        {"headers": "draft-7"},
+    ],
+    ids=["near-limit-hook", "metrics", "shadow", "other-headers"],
+)
+def test_plans_that_report_admitted_requests_are_not_fast(options: dict[str, Any]) -> None:
+    if "metrics" in options:
+        from prometheus_client import CollectorRegistry
+
+        from ratemw.metrics import PrometheusMetrics
+
+        options = {"metrics": PrometheusMetrics(registry=CollectorRegistry())}
+    limiter = Limiter(clock=FakeClock(), **options)
+    plan = planned(limiter)
+    assert plan.simple and not plan.fast
+    decide(limiter, plan, request())
+    assert not limiter.batches.kept
+
+
+def test_plans_with_per_request_parts_are_not_fast() -> None:
+    limiter = Limiter(clock=FakeClock())
+    for options in ({"cost": lambda request: 2}, {"exempt_when": lambda request: False}):
+        plan = planned(limiter, **options)
+        assert not plan.simple and not plan.fast
+        assert decide(limiter, plan, request()).exceeded is None
+    assert not limiter.batches.kept
+
+
+def test_kept_batches_are_bounded() -> None:
+    limiter = Limiter(clock=FakeClock())
+    limiter.batches = KeptBatches(size=10)
+    plan = planned(limiter)
+    for i in range(25):
+        decide(limiter, plan, request(f"198.51.100.{i}"))
+        assert len(limiter.batches.kept) <= 10
+    assert decide(limiter, plan, request("198.51.100.24")).headers[1][1].startswith(
+        '"per-minute";r=1;'
+    )
+
+
+def test_huge_identities_are_not_kept() -> None:
+    limiter = Limiter(clock=FakeClock(), key=keys.header("X-API-Key"))
+    plan = planned(limiter)
+    huge = "k" * (MAX_KEY_LENGTH + 1)
+    batch = limiter.batches.get(limiter, plan, [huge])
+    assert isinstance(batch, Batch) and len(batch) == 1
+    assert not limiter.batches.kept
+    assert [decide(limiter, plan, request(api_key=huge)).exceeded is None
+            for _ in range(4)] == [True, True, True, False]

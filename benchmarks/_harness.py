@@ -143,15 +143,26 @@ async def interleaved(
     iterations: int,
     rounds: int,
     progress: Callable[[int], None] | None = None,
+    rotate: bool = False,
 ) -> None:
-    """Time every variant once per round, in order (A B C D A B C D ...)."""
+    """Time every variant once per round, in order (A B C D A B C D ...).
+
+    ``rotate``: start each round one variant later (A B C D, B C D A, ...), so that no
+    variant always runs right after the same other one.
+    """
     for round_no in range(rounds):
-        for variant in variants:
+        for variant in rotated(variants, round_no) if rotate else variants:
             variant.per_request.append(
                 await time_batch(variant.app, scope, iterations, variant.send)
             )
         if progress is not None:
             progress(round_no + 1)
+
+
+def rotated(items: Sequence[Any], round_no: int) -> list[Any]:
+    """``items`` starting at ``round_no`` (modulo their number): A B C, B C A, C A B, ..."""
+    start = round_no % len(items)
+    return [*items[start:], *items[:start]]
 
 
 def median(values: Sequence[float]) -> float:
@@ -169,3 +180,17 @@ def quartiles(values: Sequence[float]) -> tuple[float, float]:
 def paired_overheads(variant: Variant, baseline: Variant) -> list[float]:
     """Per round: the variant's time per request minus the baseline's in the same round."""
     return [v - b for v, b in zip(variant.per_request, baseline.per_request, strict=True)]
+
+
+def paired_ratios(variant: Variant, reference: Variant, baseline: Variant) -> list[float]:
+    """Per round: the variant's overhead over the baseline divided by the reference's.
+
+    Both overheads come from the same round, so a slow stretch of the machine that slows
+    every variant alike cancels out of each ratio.
+    """
+    return [
+        (v - b) / (r - b)
+        for v, r, b in zip(
+            variant.per_request, reference.per_request, baseline.per_request, strict=True
+        )
+    ]

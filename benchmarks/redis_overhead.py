@@ -19,15 +19,17 @@ WSGI (Flask, called as a WSGI server would; helpers from ``wsgi_overhead``): ``b
 ``ratemw`` (``WSGIRateLimitMiddleware`` through ``ratemw.contrib.flask.init_app``),
 ``flask-limiter`` (``storage_uri``, headers on).
 
-The limit is never reached. Variants are timed interleaved (A B C D, A B C D, ...); a
-variant's overhead in a round is its time per request minus the bare app's in that round, and
-the tables show medians over rounds. Redis round trips per request are counted from
+The limit is never reached. Variants are timed interleaved, each round starting one variant
+later (A B C D, B C D A, ...); a variant's overhead in a round is its time per request minus
+the bare app's in that round, and the tables show medians over rounds. A ratio (ratemw's
+overhead over a rival's or the floor's) is taken in each round, and its median over rounds
+is held to the target. Redis round trips per request are counted from
 ``INFO stats`` ``total_reads_processed`` around a batch of requests. The benchmark starts its
 own ``redis-server`` on a free port (``tests/redis_servers.RedisServer``).
 
 Run from the repository root::
 
-    python -m benchmarks.redis_overhead                 # defaults: about a minute
+    python -m benchmarks.redis_overhead                 # defaults: about 30 s
     python -m benchmarks.redis_overhead --rounds 5 --iterations 300     # quick look
 """
 
@@ -66,7 +68,9 @@ from benchmarks._harness import (
     interleaved,
     median,
     paired_overheads,
+    paired_ratios,
     quartiles,
+    rotated,
     time_batch,
 )
 from ratemw import Limiter, RateLimitMiddleware
@@ -233,7 +237,7 @@ async def measure_asgi(
         before = server.reads_processed()
         await time_batch(variant.app, scope, 200, variant.send)
         trips[variant.name] = (server.reads_processed() - before) / 200
-    await interleaved(variants, scope, iterations=iterations, rounds=rounds)
+    await interleaved(variants, scope, iterations=iterations, rounds=rounds, rotate=True)
     for variant in variants:
         others = variant.send.others_than(200)
         assert not others, f"{variant.name}: non-200 responses while timing: {others}"
@@ -256,9 +260,9 @@ def measure_wsgi(
         for name, app in apps.items()
     }
     per_request: dict[str, list[float]] = {name: [] for name in apps}
-    for _ in range(rounds):
-        for name, app in apps.items():
-            per_request[name].append(wsgi_overhead.time_batch(app, environ, iterations))
+    for round_no in range(rounds):
+        for name in rotated(list(apps), round_no):
+            per_request[name].append(wsgi_overhead.time_batch(apps[name], environ, iterations))
     limiter.backends.sync.close()
     return per_request, trips
 
@@ -287,34 +291,47 @@ def table(
     return overheads
 
 
-def verdicts(label: str, overheads: dict[str, float], rival: str, floor_target: bool) -> bool:
+def verdicts(
+    label: str, per_request: dict[str, list[float]], rival: str, floor_target: bool
+) -> bool:
     """Print the ratios; the floor is a target under ASGI, information under WSGI.
 
+    Each ratio is taken per round (both overheads measured in that round), then the median
+    over rounds is compared with its target; the interquartile range shows the spread.
     (Under WSGI ratemw's adapter itself -- a Starlette request built from the environ, Flask
     route resolution -- costs what ``benchmarks.wsgi_overhead`` shows on memory storage.)
     """
-    ours = overheads["ratemw"]
-    versus_rival = ours / overheads[rival]
-    versus_floor = ours / overheads["evalsha"]
+    variants = {name: Variant(name, None, per_request=times)  # type: ignore[arg-type]
+                for name, times in per_request.items()}
+    ours, bare = variants["ratemw"], variants["bare"]
+
+    def ratio(reference: str) -> tuple[float, str]:
+        ratios = paired_ratios(ours, variants[reference], bare)
+        low, high = quartiles(ratios)
+        return median(ratios), f"IQR {low:.3f} to {high:.3f}"
+
+    versus_rival, rival_spread = ratio(rival)
+    versus_floor, floor_spread = ratio("evalsha")
     met_rival, met_floor = versus_rival <= SLOW_TARGET, versus_floor <= FLOOR_TARGET
     print()
-    print(f"{label}: ratemw / {rival} overhead = {versus_rival:.3f} "
-          f"(target <= 0.333: {'met' if met_rival else 'MISSED'}); "
+    print(f"{label}: ratemw / {rival} overhead = {versus_rival:.3f} ({rival_spread}; "
+          f"target <= 0.333: {'met' if met_rival else 'MISSED'}); "
           f"{rival} costs {1 / versus_rival:.1f}x ratemw")
     verdict = ("met" if met_floor else "MISSED") if floor_target else "information only"
-    print(f"{label}: ratemw / bare EVALSHA round trip = {versus_floor:.3f} "
-          f"(target <= {FLOOR_TARGET}: {verdict})")
-    if "evalsha-redis-py" in overheads:
+    print(f"{label}: ratemw / bare EVALSHA round trip = {versus_floor:.3f} ({floor_spread}; "
+          f"target <= {FLOOR_TARGET}: {verdict})")
+    if "evalsha-redis-py" in per_request:
+        versus_redis_py, spread = ratio("evalsha-redis-py")
         print(f"{label}: ratemw / bare EVALSHA through redis-py's client = "
-              f"{ours / overheads['evalsha-redis-py']:.3f} (information)")
+              f"{versus_redis_py:.3f} ({spread}; information)")
     return met_rival and (met_floor or not floor_target)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (15)")
-    parser.add_argument("--iterations", type=int, default=1000,
-                        help="requests per variant per round (1000)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (20)")
+    parser.add_argument("--iterations", type=int, default=750,
+                        help="requests per variant per round (750)")
     args = parser.parse_args(argv)
     server = RedisServer(name="bench").start()
     try:
@@ -322,14 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Python {platform.python_version()} on {platform.machine()}, "
               + ", ".join(f"{n} {version(n)}" for n in names)
               + f", redis-server {server.info('server')['redis_version']}")
-        print(f"{args.rounds} interleaved rounds x {args.iterations} requests per variant; "
-              "medians over rounds")
+        print(f"{args.rounds} interleaved rounds x {args.iterations} requests per variant, "
+              "each round starting one variant later; medians over rounds")
         asgi, asgi_trips = asyncio.run(measure_asgi(server, args.rounds, args.iterations))
-        asgi_over = table("ASGI (Starlette), Redis storage", asgi, asgi_trips)
-        ok = verdicts("ASGI", asgi_over, "slowapi", floor_target=True)
+        table("ASGI (Starlette), Redis storage", asgi, asgi_trips)
+        ok = verdicts("ASGI", asgi, "slowapi", floor_target=True)
         wsgi, wsgi_trips = measure_wsgi(server, args.rounds, args.iterations)
-        wsgi_over = table("WSGI (Flask), Redis storage", wsgi, wsgi_trips)
-        ok = verdicts("WSGI", wsgi_over, "flask-limiter", floor_target=False) and ok
+        table("WSGI (Flask), Redis storage", wsgi, wsgi_trips)
+        ok = verdicts("WSGI", wsgi, "flask-limiter", floor_target=False) and ok
     finally:
         server.stop()
     return 0 if ok else 1

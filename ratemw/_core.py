@@ -82,14 +82,13 @@ class Outcome:
     stamp: int = 0
     fallback: bool = False
 
+    needs_settling = False
+
     def __init__(self, headers: list[tuple[str, str]], **details: Any) -> None:
         self.headers = headers
         if details:
             self.__dict__.update(details)
-
-    @property
-    def needs_settling(self) -> bool:
-        return bool(self.release or self.refundable)
+            self.needs_settling = bool(self.release or self.refundable)
 
 
 PASS = Outcome(headers=[])

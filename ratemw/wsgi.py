@@ -23,6 +23,7 @@ from ratemw._groups import is_async_callable
 from ratemw._limiter import Limiter
 from ratemw._responses import exceeded_response, unavailable_response
 from ratemw._rules import Rule
+from ratemw.keys import ScopeHolder
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -188,7 +189,8 @@ class WSGIRateLimitMiddleware:
         plan = self._plan(environ, method, path)
         if not plan.entries:
             return self.app(environ, start_response)
-        request = Request(wsgi_scope(environ, method, path))
+        scope = wsgi_scope(environ, method, path)
+        request: Any = Request(scope) if plan.needs_request else ScopeHolder(scope)
         outcome = run(limiter, evaluate(limiter, plan, request, method, path))
         if outcome.exceeded is not None or outcome.unavailable:
             return self._refuse(environ, start_response, request, outcome, path)
@@ -223,12 +225,14 @@ class WSGIRateLimitMiddleware:
         self,
         environ: WSGIEnvironment,
         start_response: StartResponse,
-        request: Request,
+        request: Any,
         outcome: Outcome,
         path: str,
     ) -> Iterable[bytes]:
         exc = outcome.exceeded
         if exc is not None and self.handler is not None:
+            if isinstance(request, ScopeHolder):
+                request = Request(request.scope)
             return self.handler(request, exc)(environ, start_response)
         if exc is not None:
             status, headers, body = exceeded_response(exc)

@@ -119,11 +119,13 @@ def slot_groups(hits: Sequence[Hit]) -> list[list[int]]:
 
 
 def any_refused(hits: Sequence[Hit], usages: Sequence[Usage]) -> bool:
-    # A plain loop: this runs on every request.
-    for usage, hit in zip(usages, hits, strict=True):  # noqa: SIM110
-        if not usage.fits and hit.enforce:
-            return True
-    return False
+    # Plain loops: this runs on every request, and nearly every time everything fitted.
+    for usage in usages:
+        if not usage.fits:
+            break
+    else:
+        return False
+    return any(not usage.fits and hit.enforce for usage, hit in zip(usages, hits, strict=True))
 
 
 def _unconsumed(usage: Usage, hit: Hit) -> Usage:

@@ -187,7 +187,8 @@ class _Slots:
         self._lock = threading.Lock()
         self._waiters: deque[threading.Lock] = deque()
 
-    def acquire(self, timeout: float) -> bool:
+    def acquire(self, timeout: float) -> bool | None:
+        """Take a slot: ``True`` at once, ``None`` after waiting, ``False`` not in ``timeout``."""
         with self._lock:
             if self._free and not self._waiters:
                 self._free -= 1
@@ -196,16 +197,12 @@ class _Slots:
             waiter.acquire()
             self._waiters.append(waiter)
         if waiter.acquire(timeout=timeout):
-            return True  # handed over by release()
+            return None  # handed over by release()
         with self._lock:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
                 return False
-        return True  # handed over between the timeout and this thread's taking the lock
-
-    def busy(self) -> bool:
-        """Whether ``acquire`` would wait (a hint: another thread may change it)."""
-        return not self._free or bool(self._waiters)
+        return None  # handed over between the timeout and this thread's taking the lock
 
     def release(self) -> None:
         with self._lock:
@@ -263,6 +260,7 @@ class RedisStorage:
         # A lost Sentinel connection is retried here (see _connection_options).
         self._attempts = 2 if self.config.kind == "sentinel" else 1
         self._slots = _Slots(self.config.options["max_connections"])
+        self._pool_timeout: float = self.config.options["pool_timeout"]
         self._failures = 0  # commands lost to timeouts and broken connections (see _FailedAhead)
         self._pipe = _sync_pipe_for(self.config)  # the fast lane for scripts, single servers
         self._client: Any = None
@@ -280,10 +278,10 @@ class RedisStorage:
 
     def _script(self, keys: list[str], args: list[Any], command: bytes | None = None) -> Any:
         failures = self._failures
-        waits = self._slots.busy()  # every connection busy: wait, but not for ever
-        if not self._slots.acquire(self.config.options["pool_timeout"]):
+        taken = self._slots.acquire(self._pool_timeout)  # all busy: wait, but not for ever
+        if taken is False:
             raise redis.ConnectionError("no free Redis connection (pool_timeout)")
-        if waits and self._failures != failures:
+        if taken is None and self._failures != failures:  # it waited behind failing calls
             self._slots.release()
             raise _FailedAhead()
         try:

@@ -24,7 +24,7 @@ from ratemw._quota import parse_quotas
 from ratemw.storage import Hit, Usage
 from ratemw.storage._base import Batch
 from ratemw.storage._resp import evalsha_command
-from ratemw.storage.redis import SCRIPT_SHA, AsyncRedisStorage, RedisStorage
+from ratemw.storage.redis import SCRIPT_SHA, AsyncRedisStorage, RedisStorage, _Slots
 from tests.redis_servers import RedisCluster, RedisSentinel, RedisServer
 from tests.storage.test_storage_contract import TEST_OPTIONS, key
 
@@ -577,3 +577,23 @@ def test_sync_storage_is_safe_across_threads(redis_standalone_clean: RedisServer
         storage.close()
     assert errors == []
     assert admitted.count(True) == 40
+
+
+def test_connection_slots_say_whether_a_thread_waited() -> None:
+    # True: a slot at once; None: one handed over after waiting (behind calls that may have
+    # failed: the storage then fails this one too, rather than let it pay another timeout);
+    # False: none within the timeout.
+    slots = _Slots(1)
+    assert slots.acquire(1.0) is True
+    assert slots.acquire(0.01) is False
+    found: list[bool | None] = []
+    waiter = threading.Thread(target=lambda: found.append(slots.acquire(5.0)))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while not slots._waiters and time.monotonic() < deadline:
+        time.sleep(0.001)
+    slots.release()  # handed straight to the waiting thread
+    waiter.join()
+    assert found == [None]
+    slots.release()
+    assert slots.acquire(0.01) is True

@@ -15,7 +15,7 @@ import inspect
 import itertools
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,18 @@ if TYPE_CHECKING:
     from ratemw._exceptions import RateLimitExceeded
     from ratemw._limiter import Limiter
 
-__all__ = ["Outcome", "Plan", "ResponseInfo", "StorageCall", "evaluate", "settle", "storage_key"]
+__all__ = [
+    "Outcome",
+    "Plan",
+    "ResponseInfo",
+    "StorageCall",
+    "conclude",
+    "evaluate",
+    "fast_outcome",
+    "instant_hits",
+    "settle",
+    "storage_key",
+]
 
 logger = logging.getLogger("ratemw")
 
@@ -94,6 +105,8 @@ class Outcome:
 PASS = Outcome(headers=[])
 
 Step = Generator[Any, Any, Outcome]
+# What each of a request's limit groups came to: (entry, slots, cost, enforce).
+Used = Sequence[tuple[Entry, tuple[Slot, ...], int, bool]]
 
 
 class KeyHasher:
@@ -158,21 +171,12 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
     """Decide one request. A generator: see the module docstring for what it yields."""
     started = time.perf_counter() if limiter.metrics is not None else 0.0
     hits: list[Hit]
-    used: tuple[tuple[Entry, tuple[Slot, ...], int, bool], ...] | list[Any]
+    used: Used
     refundable: list[tuple[Callable[[ResponseInfo], Any], list[Hit]]]
-    if plan.fast:  # the common case, kept lean: every quota known, the caller's hits kept
+    if plan.fast:  # every quota known: the caller's hits are kept
         identities: list[str] = []
-        for entry in plan.entries:  # _identity, inlined: a generator a request costs 0.4 µs
-            key = entry.group.key or limiter.key
-            try:
-                identity = key(request)
-                if type(identity) is not str:
-                    if inspect.isawaitable(identity):
-                        identity = yield identity
-                    identity = str(identity)
-            except Exception as error:
-                identity = _key_failed(limiter, key, request, error)
-            identities.append(identity)
+        for entry in plan.entries:
+            identities.append((yield from _identity(limiter, entry.group.key, request)))
         hits = limiter.batches.get(limiter, plan, identities)
         used, refundable = plan.used, []
     else:
@@ -181,6 +185,62 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
         if not hits:
             return PASS
     result = yield StorageCall(hits)
+    if plan.fast:
+        outcome = fast_outcome(limiter, plan, result)
+        if outcome is not None:
+            return outcome
+    return (yield from conclude(
+        limiter, plan, request, method, path, hits, used, refundable, result, started
+    ))
+
+
+def instant_hits(limiter: Limiter, plan: Plan, request: Any) -> Batch:
+    """The hits of a request on an ``instant`` plan, whose keys all answer at once.
+
+    With ``fast_outcome`` and ``conclude``, what ``evaluate`` does for such a plan, without
+    a generator to drive: the drivers' instant lane (``decide_request``).
+    """
+    identities: list[str] = []
+    for entry in plan.entries:
+        key = entry.group.key or limiter.key
+        try:
+            identity = key(request)
+        except Exception as error:
+            identity = _key_failed(limiter, key, request, error)
+        identities.append(identity)
+    return limiter.batches.get(limiter, plan, identities)
+
+
+def fast_outcome(limiter: Limiter, plan: Plan, result: Any) -> Outcome | None:
+    """A fast plan's admitted request, its headers straight from the storage's numbers.
+
+    ``None`` when the storage failed or something did not fit: ``conclude`` decides.
+    """
+    if type(result) is not list:
+        return None
+    for usage in result:
+        if not usage.fits:
+            return None
+    return Outcome(_fast_headers(limiter, plan, result))
+
+
+def conclude(
+    limiter: Limiter,
+    plan: Plan,
+    request: Any,
+    method: str,
+    path: str,
+    hits: list[Hit],
+    used: Used,
+    refundable: list[tuple[Callable[[ResponseInfo], Any], list[Hit]]],
+    result: Any,
+    started: float = 0.0,
+) -> Step:
+    """The decision once the storage answered ``hits`` with ``result`` (usages, or the error).
+
+    Applies the failure mode, decides, reports (metrics, hooks, the log line) and builds the
+    outcome. A generator, like ``evaluate``.
+    """
     fallback = False
     if isinstance(result, BaseException):
         # A shadow limit refuses nothing, storage or not: only enforced limits choose.
@@ -189,13 +249,11 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
         if not isinstance(failed, list):
             return failed
         result, fallback = failed, True
+        if plan.fast:
+            outcome = fast_outcome(limiter, plan, result)
+            if outcome is not None:
+                return outcome
     usages: list[Usage] = result
-    if plan.fast:
-        for usage in usages:
-            if not usage.fits:
-                break
-        else:  # admitted, nothing to report: the numbers go straight into the headers
-            return Outcome(_fast_headers(limiter, plan, usages))
     policies = [
         (slot.name, slot.quota, cost, enforce)
         for _, slots, cost, enforce in used

@@ -1,6 +1,9 @@
-"""Drivers of the core's decision generator: ``arun`` for ASGI, ``run`` for WSGI.
+"""Drivers of the core's decisions: ``adecide_request`` and ``arun`` for ASGI,
+``decide_request`` and ``run`` for WSGI.
 
-The twins differ only in how they wait: ``arun`` awaits, ``run`` blocks.
+``run``/``arun`` drive one of the core's generators (``evaluate``, ``conclude``, ``settle``);
+``decide_request``/``adecide_request`` decide a request, by the instant lane when its plan has
+one. The twins differ only in how they wait: the async ones await, the sync ones block.
 """
 
 from __future__ import annotations
@@ -10,8 +13,17 @@ import threading
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from ratemw._core import Outcome, Step, StorageCall
-from ratemw.storage._base import AsyncStorage, Storage
+from ratemw._core import (
+    Outcome,
+    Plan,
+    Step,
+    StorageCall,
+    conclude,
+    evaluate,
+    fast_outcome,
+    instant_hits,
+)
+from ratemw.storage._base import AsyncStorage, Hit, Storage
 
 if TYPE_CHECKING:
     from ratemw._limiter import Limiter
@@ -19,27 +31,74 @@ if TYPE_CHECKING:
 _local = threading.local()
 
 
-def _call_async(storage: AsyncStorage, step: StorageCall) -> Awaitable[Any]:
-    if step.op == "acquire":
-        return storage.acquire(step.hits)
-    if step.op == "refund":
-        return storage.refund(step.hits, step.stamp)
-    return storage.release(step.hits)
+def _call_async(storage: AsyncStorage, hits: list[Hit], op: str, stamp: int) -> Awaitable[Any]:
+    if op == "acquire":
+        return storage.acquire(hits)
+    if op == "refund":
+        return storage.refund(hits, stamp)
+    return storage.release(hits)
 
 
-def _call_sync(storage: Storage, step: StorageCall) -> Any:
-    if step.op == "acquire":
-        return storage.acquire(step.hits)
-    if step.op == "refund":
-        return storage.refund(step.hits, step.stamp)
-    return storage.release(step.hits)
+def _call_sync(storage: Storage, hits: list[Hit], op: str, stamp: int) -> Any:
+    if op == "acquire":
+        return storage.acquire(hits)
+    if op == "refund":
+        return storage.refund(hits, stamp)
+    return storage.release(hits)
+
+
+async def _answer_async(
+    limiter: Limiter, hits: list[Hit], op: str = "acquire", stamp: int = 0, fallback: bool = False
+) -> Any:
+    """What the storage answers (or the exception it raised: the core applies the failure mode)."""
+    try:
+        memory = limiter.backends.memory
+        if memory is not None and not fallback:
+            return memory.acquire(hits) if op == "acquire" else _call_sync(memory, hits, op, stamp)
+        if fallback:
+            return await _call_async(limiter.fallback_storage.async_, hits, op, stamp)
+        breaker = limiter.breaker
+        breaker.before()
+        try:
+            value = await _call_async(limiter.backends.async_, hits, op, stamp)
+        except Exception as exc:
+            breaker.failure(exc)
+            raise
+        if breaker.failures or breaker.incident:
+            breaker.success()
+        return value
+    except Exception as exc:
+        return exc
+
+
+def _answer_sync(
+    limiter: Limiter, hits: list[Hit], op: str = "acquire", stamp: int = 0, fallback: bool = False
+) -> Any:
+    """What the storage answers (or the exception it raised: the core applies the failure mode)."""
+    try:
+        memory = limiter.backends.memory
+        if memory is not None and not fallback:
+            return _call_sync(memory, hits, op, stamp)
+        if fallback:
+            return _call_sync(limiter.fallback_storage.sync, hits, op, stamp)
+        breaker = limiter.breaker
+        breaker.before()
+        try:
+            value = _call_sync(limiter.backends.sync, hits, op, stamp)
+        except Exception as exc:
+            breaker.failure(exc)
+            raise
+        if breaker.failures or breaker.incident:
+            breaker.success()
+        return value
+    except Exception as exc:
+        return exc
 
 
 async def arun(limiter: Limiter, steps: Step) -> Outcome:
     """Drive the decision with async storage, awaiting the user's async callables."""
     value: Any = None
     error: BaseException | None = None
-    memory = limiter.backends.memory
     while True:
         try:
             step = steps.throw(error) if error is not None else steps.send(value)
@@ -47,30 +106,33 @@ async def arun(limiter: Limiter, steps: Step) -> Outcome:
             return stop.value  # type: ignore[no-any-return]
         value = error = None
         if type(step) is StorageCall:
-            try:
-                if memory is not None and not step.fallback:
-                    value = memory.acquire(step.hits) if step.op == "acquire" else _call_sync(
-                        memory, step
-                    )
-                elif step.fallback:
-                    value = await _call_async(limiter.fallback_storage.async_, step)
-                else:
-                    breaker = limiter.breaker
-                    breaker.before()
-                    try:
-                        value = await _call_async(limiter.backends.async_, step)
-                    except Exception as exc:
-                        breaker.failure(exc)
-                        raise
-                    if breaker.failures or breaker.incident:
-                        breaker.success()
-            except Exception as exc:  # the core applies the failure mode
-                value = exc
+            value = await _answer_async(limiter, step.hits, step.op, step.stamp, step.fallback)
         else:
             try:
                 value = await step
             except Exception as exc:
                 error = exc
+
+
+async def adecide_request(
+    limiter: Limiter, plan: Plan, request: Any, method: str, path: str
+) -> Outcome:
+    """Decide one request under ASGI: the instant lane when the plan has one, else ``evaluate``.
+
+    The instant lane (a fast plan whose keys answer at once) asks the core for the hits, the
+    storage for its answer and the core for the outcome, in plain calls; anything but an
+    admission (a refusal, a storage failure) goes on through ``conclude``, driven as usual.
+    """
+    if plan.instant:
+        hits = instant_hits(limiter, plan, request)
+        result = await _answer_async(limiter, hits)
+        outcome = fast_outcome(limiter, plan, result)
+        if outcome is not None:
+            return outcome
+        return await arun(limiter, conclude(
+            limiter, plan, request, method, path, hits, plan.used, [], result
+        ))
+    return await arun(limiter, evaluate(limiter, plan, request, method, path))
 
 
 def _blocking(awaitable: Awaitable[Any]) -> Any:
@@ -85,7 +147,6 @@ def run(limiter: Limiter, steps: Step) -> Outcome:
     """Drive the decision with sync storage, running the user's async callables to the end."""
     value: Any = None
     error: BaseException | None = None
-    memory = limiter.backends.memory
     while True:
         try:
             step = steps.throw(error) if error is not None else steps.send(value)
@@ -93,25 +154,23 @@ def run(limiter: Limiter, steps: Step) -> Outcome:
             return stop.value  # type: ignore[no-any-return]
         value = error = None
         if type(step) is StorageCall:
-            try:
-                if memory is not None and not step.fallback:
-                    value = _call_sync(memory, step)
-                elif step.fallback:
-                    value = _call_sync(limiter.fallback_storage.sync, step)
-                else:
-                    breaker = limiter.breaker
-                    breaker.before()
-                    try:
-                        value = _call_sync(limiter.backends.sync, step)
-                    except Exception as exc:
-                        breaker.failure(exc)
-                        raise
-                    if breaker.failures or breaker.incident:
-                        breaker.success()
-            except Exception as exc:  # the core applies the failure mode
-                value = exc
+            value = _answer_sync(limiter, step.hits, step.op, step.stamp, step.fallback)
         else:
             try:
                 value = _blocking(step)
             except Exception as exc:
                 error = exc
+
+
+def decide_request(limiter: Limiter, plan: Plan, request: Any, method: str, path: str) -> Outcome:
+    """Decide one request under WSGI: the twin of ``adecide_request``."""
+    if plan.instant:
+        hits = instant_hits(limiter, plan, request)
+        result = _answer_sync(limiter, hits)
+        outcome = fast_outcome(limiter, plan, result)
+        if outcome is not None:
+            return outcome
+        return run(limiter, conclude(
+            limiter, plan, request, method, path, hits, plan.used, [], result
+        ))
+    return run(limiter, evaluate(limiter, plan, request, method, path))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ratemw._decision import sf_string
-from ratemw._groups import LimitGroup
+from ratemw._groups import LimitGroup, is_async_callable
 from ratemw._quota import Quota
 from ratemw.storage._base import CONCURRENCY
 
@@ -64,7 +64,9 @@ class Plan:
     an admitted request (no hook or metrics that see it, draft-10 headers or none): their
     callers' hits are kept between requests (``serial`` names the plan in that cache) and an
     admitted request's headers come straight from the storage's numbers.
-    ``needs_request``: a key, limit, cost or hook looks past ``request.scope``.
+    ``instant`` plans are fast plans whose keys are all built in (``keys.client_ip``,
+    ``keys.header``): they answer at once, so the drivers decide without the core's
+    generator. ``needs_request``: a key, limit, cost or hook looks past ``request.scope``.
     """
 
     template: str
@@ -72,6 +74,7 @@ class Plan:
     names: frozenset[str] = frozenset()
     simple: bool = False
     fast: bool = False
+    instant: bool = False
     policy_header: str = ""
     needs_request: bool = True
     state_heads: tuple[str, ...] = ()  # a simple plan's slots' RateLimit heads, in hit order
@@ -149,12 +152,14 @@ def compile_plan(
         simple = simple and not group.shadow
         simple = simple and isinstance(group.cost, int)
     fast = simple and limiter.fast_reporting
+    instant = fast and all(_answers_at_once(entry.group.key or limiter.key) for entry in entries)
     return Plan(
         template=template,
         entries=tuple(entries),
         names=frozenset(names),
         simple=simple,
         fast=fast,
+        instant=instant,
         policy_header=", ".join(policy_parts) if simple else "",
         needs_request=needs_request or limiter.has_hooks,
         state_heads=tuple(
@@ -163,6 +168,11 @@ def compile_plan(
         used=tuple((entry, entry.slots, entry.group.cost, True) for entry in entries)
         if fast else (),
     )
+
+
+def _answers_at_once(key: Any) -> bool:
+    """Whether a key function is a built-in one: sync, reading only the scope, never awaited."""
+    return bool(getattr(key, "scope_only", False)) and not is_async_callable(key)
 
 
 def _needs_request(group: LimitGroup, limiter: Limiter) -> bool:

@@ -10,8 +10,8 @@ import anyio
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ratemw._core import Outcome, Plan, ResponseInfo, evaluate, settle
-from ratemw._drivers import arun
+from ratemw._core import Outcome, Plan, ResponseInfo, settle
+from ratemw._drivers import adecide_request, arun
 from ratemw._exceptions import ConfigurationError, RateLimitExceeded
 from ratemw._limiter import Limiter
 from ratemw._plans import cacheable
@@ -115,7 +115,7 @@ class RateLimitMiddleware:
             request = Request(scope, receive) if scope_type == "http" else HTTPConnection(scope)
         else:
             request = ScopeHolder(scope)  # nothing will look past request.scope
-        outcome = await arun(limiter, evaluate(limiter, plan, request, method, path))
+        outcome = await adecide_request(limiter, plan, request, method, path)
         if outcome.exceeded is not None or outcome.unavailable:
             await self._refuse(scope, receive, send, request, outcome)
             return

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from ratemw._core import Outcome, Plan, ResponseInfo, evaluate, settle
-from ratemw._drivers import run
+from ratemw._core import Outcome, Plan, ResponseInfo, settle
+from ratemw._drivers import decide_request, run
 from ratemw._endpoints import Planner
 from ratemw._environ import request_path, wsgi_scope
 from ratemw._exceptions import ConfigurationError, RateLimitExceeded
@@ -191,7 +191,7 @@ class WSGIRateLimitMiddleware:
             return self.app(environ, start_response)
         scope = wsgi_scope(environ, method, path)
         request: Any = Request(scope) if plan.needs_request else ScopeHolder(scope)
-        outcome = run(limiter, evaluate(limiter, plan, request, method, path))
+        outcome = decide_request(limiter, plan, request, method, path)
         if outcome.exceeded is not None or outcome.unavailable:
             return self._refuse(environ, start_response, request, outcome, path)
         if outcome.needs_settling:

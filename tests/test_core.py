@@ -122,3 +122,80 @@ def test_huge_identities_are_not_kept() -> None:
     assert not limiter.batches.kept
     assert [decide(limiter, plan, request(api_key=huge)).exceeded is None
             for _ in range(4)] == [True, True, True, False]
+
+
+# -- the instant lane ----------------------------------------------------------------------------
+
+
+async def _async_key(request: Any) -> str:
+    return "k"
+
+
+@pytest.mark.parametrize(
+    ("key", "instant"),
+    [
+        (None, True),  # the limiter's default: keys.client_ip()
+        (keys.client_ip(trusted_proxies=["10.0.0.0/8"]), True),
+        (keys.header("X-API-Key"), True),
+        (keys.header("X-API-Key", fallback=lambda request: "anyone"), False),
+        (lambda request: "k", False),
+        (_async_key, False),
+    ],
+    ids=["default", "client-ip", "header", "header-custom-fallback", "sync-callable", "async"],
+)
+def test_only_built_in_keys_make_a_fast_plan_instant(key: Any, instant: bool) -> None:
+    limiter = Limiter(clock=FakeClock())
+    plan = planned(limiter, key=key)
+    assert plan.fast and plan.instant is instant
+
+
+def test_instant_plans_decide_without_the_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    # decide_request takes the instant lane: plain calls for an admission; a refusal goes on
+    # through conclude (the same outcome evaluate gives: Retry-After, the violated policy).
+    import ratemw._drivers as drivers
+
+    limiter = Limiter(clock=FakeClock())
+    instant = planned(limiter, limit="2/minute")
+    general = planned(limiter, limit="2/minute", key=lambda request: "k")
+    driven: list[Plan] = []
+    evaluate_ = drivers.evaluate
+
+    def watched(limiter_: Limiter, plan: Plan, *args: Any) -> Any:
+        driven.append(plan)
+        return evaluate_(limiter_, plan, *args)
+
+    monkeypatch.setattr(drivers, "evaluate", watched)
+    outcomes = [drivers.decide_request(limiter, instant, request(), "GET", "/r")
+                for _ in range(3)]
+    assert [o.exceeded is None for o in outcomes] == [True, True, False]
+    assert outcomes[1].headers == [("RateLimit-Policy", '"per-minute";q=2;w=60'),
+                                   ("RateLimit", '"per-minute";r=0;t=60')]
+    refused = outcomes[2].exceeded
+    assert refused is not None and refused.retry_after == 60
+    assert [p.name for p in refused.violated] == ["per-minute"]
+    assert driven == []
+    drivers.decide_request(limiter, general, request(), "GET", "/r")
+    assert driven == [general]
+
+
+def test_the_instant_lane_answers_as_evaluate_does() -> None:
+    # One limiter, two identical routes: one decided by the lane, one by evaluate (its key is
+    # a plain callable giving the same identity). Same outcomes, request after request.
+    from ratemw._drivers import decide_request
+
+    clock = FakeClock()
+    limiter = Limiter(clock=clock, key=keys.client_ip())
+    lane = planned(limiter, limit="3/minute;5/hour")
+    client_ip = keys.client_ip()
+    other = Limiter(clock=clock, key=lambda request: client_ip(request))
+    general = planned(other, limit="3/minute;5/hour")
+    assert lane.instant and not general.instant
+    for step in range(8):
+        ours = decide_request(limiter, lane, request(), "GET", "/r")
+        theirs = decide_request(other, general, request(), "GET", "/r")
+        assert ours.headers == theirs.headers, step
+        assert (ours.exceeded is None) == (theirs.exceeded is None), step
+        if ours.exceeded is not None and theirs.exceeded is not None:
+            assert ours.exceeded.retry_after == theirs.exceeded.retry_after
+            assert ours.exceeded.detail == theirs.exceeded.detail
+        clock.advance(7)

@@ -36,8 +36,8 @@ from django.http import HttpResponse  # type: ignore[import-untyped]
 from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
 from starlette.requests import Request
 
-from ratemw._core import Outcome, Plan, ResponseInfo, Step, evaluate, settle
-from ratemw._drivers import arun, run
+from ratemw._core import Outcome, Plan, ResponseInfo, settle
+from ratemw._drivers import adecide_request, arun, decide_request, run
 from ratemw._environ import wsgi_scope
 from ratemw._limiter import Limiter
 from ratemw._responses import exceeded_response, unavailable_response
@@ -95,9 +95,6 @@ class _Pending(NamedTuple):
     method: str
     path: str
 
-    def steps(self) -> Step:
-        """The core's decision for this request."""
-        return evaluate(self.config.limiter, self.plan, self.request, self.method, self.path)
 
 
 def _prepare(request: Any, is_async: bool) -> _Pending | None:
@@ -196,7 +193,8 @@ class RateLimitMiddleware:
         if pending is None:
             return self.get_response(request)
         limiter = pending.config.limiter
-        outcome = run(limiter, pending.steps())
+        outcome = decide_request(limiter, pending.plan, pending.request, pending.method,
+                                 pending.path)
         if outcome.exceeded is not None or outcome.unavailable:
             return _refusal(pending, request, outcome)
         if not outcome.needs_settling:
@@ -215,7 +213,8 @@ class RateLimitMiddleware:
         if pending is None:
             return await self.get_response(request)
         limiter = pending.config.limiter
-        outcome = await arun(limiter, pending.steps())
+        outcome = await adecide_request(limiter, pending.plan, pending.request,
+                                        pending.method, pending.path)
         if outcome.exceeded is not None or outcome.unavailable:
             response = _refusal(pending, request, outcome)
             if inspect.isawaitable(response):

@@ -29,7 +29,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient, WebSocketDenialResponse
+from starlette.websockets import WebSocket
 
 from ratemw import ConfigurationError, Limiter, RateLimitMiddleware, Rule, StorageError
 from ratemw._breaker import CircuitBreaker, CircuitOpen
@@ -37,6 +39,7 @@ from ratemw.storage.redis import DEFAULT_OPTIONS, SCRIPT_SHA
 from ratemw.wsgi import WSGIRateLimitMiddleware
 from tests._tcp_proxy import TCPProxy
 from tests.redis_servers import (
+    RedisCluster,
     RedisSentinel,
     RedisServer,
     find_free_port,
@@ -843,6 +846,142 @@ async def test_limiting_resumes_on_the_new_master_after_a_failover(
         assert all(s.counted for s in after if s.status != 503)
     with promoted.client() as direct:
         assert len(direct.keys("ratemw:*")) == 2  # both buckets live on the new master
+
+
+# -- a Redis Cluster node dies ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster() -> Iterator[RedisCluster]:
+    """A 3-master cluster of this test's own, to kill a node of (1 s node timeout)."""
+    require_redis_binaries("redis-server", "redis-cli")
+    with RedisCluster(node_timeout_ms=1000) as running:
+        yield running
+
+
+def holder(cluster: RedisCluster) -> RedisServer:
+    """The node holding the (one) caller's keys."""
+    (node,) = [n for n in cluster.nodes if n.client().keys("ratemw:*")]
+    return node
+
+
+async def test_a_dead_cluster_node_gets_the_failure_mode_then_limiting_resumes(
+    cluster: RedisCluster,
+) -> None:
+    # The node holding the caller's keys is killed. Its slots fail at once (connection
+    # refused); a second later the other nodes mark it failed and the whole cluster answers
+    # CLUSTERDOWN. Every request meanwhile gets failure_mode="deny" (503, never a 500), within
+    # one socket timeout; once the node is back and the cluster is whole, counting resumes,
+    # ASGI and WSGI alike (the node kept nothing: counts start again).
+    errors: list[BaseException] = []
+    limiter = Limiter(
+        storage=cluster.url, failure_mode="deny", storage_options=PATIENT,
+        on_storage_error=lambda request, error: errors.append(error),
+    )  # fmt: skip
+    wsgi = wsgi_app(limiter, "5/minute")
+    try:
+        async with asgi_client(asgi_app(limiter, "5/minute", rules=[])) as client:
+            assert (await asgi_get(client)).counted and wsgi_get(wsgi).counted
+            dead = holder(cluster)
+            dead.kill()
+            outage: list[Sample] = []
+            deadline = time.monotonic() + 2.0  # past the node timeout: CLUSTERDOWN too
+            while time.monotonic() < deadline:
+                outage.append(await asgi_get(client))
+                outage.append(await anyio.to_thread.run_sync(wsgi_get, wsgi))
+            await anyio.to_thread.run_sync(dead.start)
+            await anyio.to_thread.run_sync(cluster.wait_ready)
+            back = time.monotonic()
+            recovery: list[Sample] = []
+            while time.monotonic() < back + 10:
+                recovery.append(await asgi_get(client))
+                recovery.append(await anyio.to_thread.run_sync(wsgi_get, wsgi))
+                if recovery[-1].counted and recovery[-2].counted:
+                    break
+                await anyio.sleep(0.05)
+            counted_after = time.monotonic() - back
+            asgi_after = await until_refused(lambda: asgi_get(client))
+            wsgi_after = await until_refused(anyio.to_thread.run_sync, wsgi_get, wsgi)
+    finally:
+        await close_async(limiter)
+        close_sync(limiter)
+    print(f"\ncluster: {len(outage)} requests while a node was dead, worst "
+          f"{max(s.latency for s in outage) * 1000:.0f} ms; counted again "
+          f"{counted_after:.2f} s after the cluster was whole")
+    assert len(outage) >= 20
+    for sample in outage:
+        assert_unavailable(sample)
+        assert sample.latency < PATIENT["socket_timeout"] + 1.0
+    assert errors and all(isinstance(e, StorageError) for e in errors)
+    assert recovery[-1].counted and recovery[-2].counted, recovery[-4:]
+    assert counted_after < 5.0  # the breaker's longest backoff is 2 s
+    for after in (asgi_after, wsgi_after):
+        # Requests may have been counted during the recovery: the quota left is what remains.
+        assert statuses(after) <= {200, 429} and [s.status for s in after][-2:] == [429, 429]
+        assert all(s.counted for s in after)
+
+
+# -- WebSocket handshakes when the storage fails ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["allow", "deny", "fallback"])
+def test_websocket_handshakes_get_the_failure_mode(dead_url: str, mode: str) -> None:
+    # allow: the handshake goes through uncounted; deny: refused as unavailable, by the
+    # denial-response extension (503 problem+json) where the server has it, else by closing
+    # with 1008; fallback: counted in this process's memory (1 per minute: then a 429).
+    limiter = Limiter(storage=dead_url, failure_mode=mode)
+
+    @limiter.limit("1/minute")
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hi")
+        await websocket.close()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", echo)])
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)
+    with TestClient(app) as client:
+        if mode == "deny":
+            for _ in range(2):
+                with pytest.raises(WebSocketDenialResponse) as refused, \
+                        client.websocket_connect("/ws"):
+                    pass  # pragma: no cover - the handshake is refused
+                assert refused.value.status_code == 503
+                assert refused.value.headers["retry-after"] == "1"
+                assert json.loads(refused.value.content)["type"] == UNAVAILABLE
+        else:
+            with client.websocket_connect("/ws") as ws:
+                assert ws.receive_text() == "hi"
+            if mode == "allow":
+                with client.websocket_connect("/ws") as ws:
+                    assert ws.receive_text() == "hi"
+            else:
+                with pytest.raises(WebSocketDenialResponse) as refused, \
+                        client.websocket_connect("/ws"):
+                    pass  # pragma: no cover - the handshake is refused
+                assert refused.value.status_code == 429
+    if mode == "deny":  # a server without the extension: the handshake is closed with 1008
+        sent = anyio.run(_bare_handshake, app)
+        assert sent == [{"type": "websocket.close", "code": 1008,
+                         "reason": "rate limits unavailable"}]
+
+
+async def _bare_handshake(app: Any) -> list[dict[str, Any]]:
+    scope = {
+        "type": "websocket", "path": "/ws", "headers": [], "query_string": b"",
+        "client": ("192.0.2.1", 1), "server": ("test", 80), "scheme": "ws", "root_path": "",
+        "subprotocols": [],
+    }  # fmt: skip
+    incoming = [{"type": "websocket.connect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop() if incoming else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
 
 
 # -- logging once per incident, the hook per request -----------------------------------------------

@@ -250,8 +250,10 @@ def serve(redis_url: str) -> Iterator[Callable[[App], TestClient]]:
     def start(build: App) -> TestClient:
         # No local memory of refusals, so that the next request asks Redis (see docs: a
         # worker remembers a refusal until its retry time, reset or not).
+        # Generous timeouts: a loaded machine must not turn a slow reply into a fail-open.
         limiter = Limiter(storage=redis_url, key=keys.header("X-API-Key"),
-                          storage_options={"blocked_cache_size": 0})
+                          storage_options={"blocked_cache_size": 0, "socket_timeout": 5,
+                                           "socket_connect_timeout": 5})
         client = TestClient(asgi_app(limiter, build(limiter)), headers={"X-API-Key": API_KEY})
         clients.append(client.__enter__())
         return client

@@ -745,10 +745,12 @@ def test_more_threads_than_connections_never_starve_on_a_healthy_server(
 ) -> None:
     # Threads that wait for one of the storage's connections are served in turn: none is
     # passed over until pool_timeout while others take the connections again and again.
+    # Socket timeouts are generous: twelve threads sharing the GIL on a loaded machine can
+    # leave a reply unread for longer than the 0.1 s default, which is not what this is about.
     errors: list[BaseException] = []
     limiter = Limiter(
         storage=server.url,
-        storage_options={"max_connections": 4, "pool_timeout": 0.5},
+        storage_options={**PATIENT, "max_connections": 4, "pool_timeout": 0.5},
         on_storage_error=lambda r, e: errors.append(e),
     )
     app = wsgi_app(limiter, NEVER_REACHED)

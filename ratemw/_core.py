@@ -131,8 +131,9 @@ class KeyHasher:
 class KeptBatches:
     """The hits of recent callers on fast plans: a repeat caller's are not built again.
 
-    A batch depends only on the plan and the caller's identities; hits never change once
-    built. Bounded like the hash cache; identities too long to hash whole are not kept.
+    A batch depends only on the plan's ``batch_id`` (what hits it gives) and the caller's
+    identities; hits never change once built. Bounded like the hash cache; identities too
+    long to hash whole are not kept. Cleared when a setting hits depend on changes.
     """
 
     def __init__(self, size: int = _HASH_CACHE_SIZE) -> None:
@@ -140,7 +141,7 @@ class KeptBatches:
         self.kept: dict[tuple[Any, ...], Batch] = {}
 
     def get(self, limiter: Limiter, plan: Plan, identities: list[str]) -> Batch:
-        cache_key = (plan.serial, *identities)
+        cache_key = (plan.batch_id, *identities)
         batch = self.kept.get(cache_key)
         if batch is not None:
             return batch

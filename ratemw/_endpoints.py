@@ -55,6 +55,10 @@ class Planner:
         self.limiter = limiter
         self.rules = rules
         self._plans: dict[tuple[Any, ...], Plan] = {}
+        limiter.watch_plans(self)
+
+    def forget_plans(self) -> None:
+        self._plans.clear()
 
     def plan(
         self,

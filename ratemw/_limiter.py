@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
@@ -61,6 +62,13 @@ def _header_modes(headers: Any) -> tuple[str, ...]:
                 "a list of them, or False for none"
             )
     return modes
+
+
+# Settings that plans and kept hits are compiled from (see Limiter.watch_plans).
+_PLANNED = frozenset({
+    "key", "strategy", "key_prefix", "key_head", "shadow", "header_modes", "metrics",
+    "on_breach", "on_near_limit", "on_storage_error",
+})
 
 
 class Limiter:
@@ -208,6 +216,24 @@ class Limiter:
         self._endpoint_groups: dict[Any, tuple[LimitGroup, ...]] = {}
         self._exempt: set[Any] = set()
         self.breaker = CircuitBreaker(name=self.storage_uri_redacted, **(breaker or {}))
+        self._plan_caches: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _PLANNED and "_plan_caches" in self.__dict__:
+            # Plans and kept hits were compiled from the old value: forget them.
+            self.batches.kept.clear()
+            for cache in list(self._plan_caches):
+                cache.forget_plans()
+
+    def watch_plans(self, cache: Any) -> None:
+        """Have ``cache.forget_plans()`` called when a setting its plans depend on changes.
+
+        Plans (and callers' kept hits) are compiled from the limiter's key, strategy, key
+        prefix, shadow flag, header modes, hooks and metrics; setting any of these on a
+        limiter in use makes the middlewares plan again.
+        """
+        self._plan_caches.add(cache)
 
     def __repr__(self) -> str:
         return (

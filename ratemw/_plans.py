@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ratemw._decision import sf_string
-from ratemw._groups import LimitGroup, is_async_callable
+from ratemw._groups import LimitGroup
 from ratemw._quota import Quota
+from ratemw.keys import client_ip, header
 from ratemw.storage._base import CONCURRENCY
 
 if TYPE_CHECKING:
@@ -23,8 +24,23 @@ if TYPE_CHECKING:
 #: caller's invention: real routes are short) is planned afresh each time instead, so a cache
 #: entry never holds more than a few such parts of this size.
 MAX_CACHED_PATH = 512
+_MAX_FALLBACKS = 4  # how deep keys.header's fallbacks are looked into
 
-_serials = itertools.count(1)
+# Plans whose callers get the same hits (same storage-key tails, quotas, costs) share one
+# batch id, so a route's kept hits serve all its paths and hosts. Bounded: route
+# configurations are few, and past the bound new ids are handed out afresh.
+_batch_ids: dict[tuple[Any, ...], int] = {}
+_next_batch_id = itertools.count(1)
+_MAX_BATCH_IDS = 65536
+
+
+def _batch_id(signature: tuple[Any, ...]) -> int:
+    found = _batch_ids.get(signature)
+    if found is None:
+        if len(_batch_ids) >= _MAX_BATCH_IDS:
+            _batch_ids.clear()
+        found = _batch_ids[signature] = next(_next_batch_id)
+    return found
 
 STRATEGY_TAGS = {
     "fixed-window": "fw",
@@ -62,8 +78,9 @@ class Plan:
     quota, no ``deduct_when``, no shadow limit) have their ``RateLimit-Policy`` value in
     ``policy_header``. ``fast`` plans are simple plans of a limiter with nothing to report on
     an admitted request (no hook or metrics that see it, draft-10 headers or none): their
-    callers' hits are kept between requests (``serial`` names the plan in that cache) and an
-    admitted request's headers come straight from the storage's numbers.
+    callers' hits are kept between requests (``batch_id`` names the hits the plan gives, the
+    same for plans that give the same) and an admitted request's headers come straight from
+    the storage's numbers.
     ``instant`` plans are fast plans whose keys are all built in (``keys.client_ip``,
     ``keys.header``): they answer at once, so the drivers decide without the core's
     generator. ``needs_request``: a key, limit, cost or hook looks past ``request.scope``.
@@ -79,7 +96,7 @@ class Plan:
     needs_request: bool = True
     state_heads: tuple[str, ...] = ()  # a simple plan's slots' RateLimit heads, in hit order
     used: tuple[Any, ...] = ()  # a fast plan's (entry, slots, cost, enforce), as evaluate uses
-    serial: int = field(default_factory=_serials.__next__, compare=False, repr=False)
+    batch_id: int = field(default=0, compare=False, repr=False)
 
     @property
     def groups(self) -> tuple[LimitGroup, ...]:
@@ -152,6 +169,12 @@ def compile_plan(
         simple = simple and not group.shadow
         simple = simple and isinstance(group.cost, int)
     fast = simple and limiter.fast_reporting
+    used = tuple((e, e.slots or (), e.group.cost, True) for e in entries) if fast else ()
+    # What a caller's hits are made of, besides its identities (see _batch_id).
+    signature = (limiter.key_head, limiter.strategy, *(
+        (cost, *((slot.key_tail, slot.quota.window_ms, slot.quota.burst) for slot in slots))
+        for _, slots, cost, _ in used
+    ))
     instant = fast and all(_answers_at_once(entry.group.key or limiter.key) for entry in entries)
     return Plan(
         template=template,
@@ -165,14 +188,25 @@ def compile_plan(
         state_heads=tuple(
             slot.state_head for entry in entries for slot in entry.slots or ()
         ) if simple else (),
-        used=tuple((entry, entry.slots, entry.group.cost, True) for entry in entries)
-        if fast else (),
+        used=used,
+        batch_id=_batch_id(signature) if fast else 0,
     )
 
 
 def _answers_at_once(key: Any) -> bool:
-    """Whether a key function is a built-in one: sync, reading only the scope, never awaited."""
-    return bool(getattr(key, "scope_only", False)) and not is_async_callable(key)
+    """Whether a key function is a built-in one, which returns a string at once.
+
+    ``keys.client_ip``, or ``keys.header`` whose fallback is one: not a subclass that
+    overrides the call (it might return something else, or an awaitable).
+    """
+    for _ in range(_MAX_FALLBACKS):
+        call = getattr(type(key), "__call__", None)  # noqa: B004 - which call, not whether
+        if call is client_ip.__call__:
+            return True
+        if call is not header.__call__:
+            return False
+        key = key.fallback
+    return False
 
 
 def _needs_request(group: LimitGroup, limiter: Limiter) -> bool:

@@ -65,6 +65,11 @@ class RateLimitMiddleware:
         self.handler = handler
         self._plans: dict[tuple[str, str, str, str], Plan] = {}
         self._documented = False
+        limiter.watch_plans(self)
+
+    def forget_plans(self) -> None:
+        """Plan every route again (the limiter's settings changed)."""
+        self._plans.clear()
 
     def _document(self, app: Any) -> None:
         """Document the limits in a FastAPI app's OpenAPI schema, before it is first built."""

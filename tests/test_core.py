@@ -6,13 +6,20 @@ contract); these tests pin down what the fast lane keeps and what it must not.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
-from ratemw import Limiter, keys
+import ratemw._drivers as drivers
+from ratemw import Limiter, RateLimitMiddleware, keys
 from ratemw._core import MAX_KEY_LENGTH, KeptBatches, Outcome, evaluate
-from ratemw._drivers import run
+from ratemw._drivers import decide_request, run
 from ratemw._plans import Plan
 from ratemw.keys import ScopeHolder
 from ratemw.storage._base import Batch
@@ -80,8 +87,7 @@ def test_hits_of_several_keys_are_kept_together() -> None:
 )
 def test_plans_that_report_admitted_requests_are_not_fast(options: dict[str, Any]) -> None:
     if "metrics" in options:
-        from prometheus_client import CollectorRegistry
-
+        CollectorRegistry = pytest.importorskip("prometheus_client").CollectorRegistry
         from ratemw.metrics import PrometheusMetrics
 
         options = {"metrics": PrometheusMetrics(registry=CollectorRegistry())}
@@ -131,6 +137,30 @@ async def _async_key(request: Any) -> str:
     return "k"
 
 
+class AddressKey(keys.client_ip):
+    """A subclass of a built-in key that answers something else than a string."""
+
+    def __call__(self, request: Any) -> Any:
+        return ipaddress.ip_address(super().__call__(request))
+
+
+class AsyncAddressKey(keys.client_ip):
+    async def __call__(self, request: Any) -> Any:  # type: ignore[override]
+        return keys.client_ip.__call__(self, request)
+
+
+@pytest.mark.parametrize(
+    "key", [AddressKey(), keys.header("X-API-Key", fallback=AsyncAddressKey())],
+    ids=["client-ip-subclass", "header-async-fallback"],
+)
+def test_keys_that_look_built_in_but_are_not_still_count(key: Any) -> None:
+    # They take evaluate's path, which awaits and stringifies what a key returns.
+    limiter = Limiter(clock=FakeClock())
+    plan = planned(limiter, key=key)
+    outcomes = [decide_request(limiter, plan, request(), "GET", "/r") for _ in range(4)]
+    assert [o.exceeded is None for o in outcomes] == [True, True, True, False]
+
+
 @pytest.mark.parametrize(
     ("key", "instant"),
     [
@@ -140,8 +170,11 @@ async def _async_key(request: Any) -> str:
         (keys.header("X-API-Key", fallback=lambda request: "anyone"), False),
         (lambda request: "k", False),
         (_async_key, False),
+        (AddressKey(), False),
+        (keys.header("X-API-Key", fallback=AsyncAddressKey()), False),
     ],
-    ids=["default", "client-ip", "header", "header-custom-fallback", "sync-callable", "async"],
+    ids=["default", "client-ip", "header", "header-custom-fallback", "sync-callable", "async",
+         "client-ip-subclass", "header-async-fallback"],
 )
 def test_only_built_in_keys_make_a_fast_plan_instant(key: Any, instant: bool) -> None:
     limiter = Limiter(clock=FakeClock())
@@ -152,8 +185,6 @@ def test_only_built_in_keys_make_a_fast_plan_instant(key: Any, instant: bool) ->
 def test_instant_plans_decide_without_the_generator(monkeypatch: pytest.MonkeyPatch) -> None:
     # decide_request takes the instant lane: plain calls for an admission; a refusal goes on
     # through conclude (the same outcome evaluate gives: Retry-After, the violated policy).
-    import ratemw._drivers as drivers
-
     limiter = Limiter(clock=FakeClock())
     instant = planned(limiter, limit="2/minute")
     general = planned(limiter, limit="2/minute", key=lambda request: "k")
@@ -178,18 +209,17 @@ def test_instant_plans_decide_without_the_generator(monkeypatch: pytest.MonkeyPa
     assert driven == [general]
 
 
-def test_the_instant_lane_answers_as_evaluate_does() -> None:
-    # One limiter, two identical routes: one decided by the lane, one by evaluate (its key is
-    # a plain callable giving the same identity). Same outcomes, request after request.
-    from ratemw._drivers import decide_request
-
+def test_the_instant_lane_answers_as_the_general_path_does() -> None:
+    # Two limiters on one clock and one route: one decided by the lane, the other by the
+    # general path (an on_near_limit hook makes its plans neither fast nor instant: its
+    # headers come from a Decision, its refusals from the same code as always). Same
+    # outcomes, request after request.
     clock = FakeClock()
-    limiter = Limiter(clock=clock, key=keys.client_ip())
+    limiter = Limiter(clock=clock)
     lane = planned(limiter, limit="3/minute;5/hour")
-    client_ip = keys.client_ip()
-    other = Limiter(clock=clock, key=lambda request: client_ip(request))
+    other = Limiter(clock=clock, on_near_limit=lambda request, decision: None)
     general = planned(other, limit="3/minute;5/hour")
-    assert lane.instant and not general.instant
+    assert lane.instant and not general.fast
     for step in range(8):
         ours = decide_request(limiter, lane, request(), "GET", "/r")
         theirs = decide_request(other, general, request(), "GET", "/r")
@@ -199,3 +229,72 @@ def test_the_instant_lane_answers_as_evaluate_does() -> None:
             assert ours.exceeded.retry_after == theirs.exceeded.retry_after
             assert ours.exceeded.detail == theirs.exceeded.detail
         clock.advance(7)
+
+
+# -- plans follow the limiter's settings ---------------------------------------------------------
+
+
+def test_a_setting_changed_on_a_limiter_in_use_is_planned_again() -> None:
+    # Plans and kept hits are compiled from the limiter's settings: changing one makes the
+    # middleware plan again. Shadow mode switched on at run time lets an over-limit caller
+    # through; a hook set at run time is called, with a real Request.
+    limiter = Limiter(clock=FakeClock())
+
+    @limiter.limit("2/minute")
+    async def home(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", home)])
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)
+    client = TestClient(app)
+    assert [client.get("/").status_code for _ in range(3)] == [200, 200, 429]
+    assert limiter.batches.kept
+    limiter.shadow = True
+    assert not limiter.batches.kept
+    assert client.get("/").status_code == 200  # over the limit, reported, not refused
+    limiter.shadow = False
+    seen: list[Any] = []
+    limiter.on_breach = lambda request, exc: seen.append(request)
+    assert client.get("/").status_code == 429
+    assert len(seen) == 1 and isinstance(seen[0], Request)
+    assert seen[0].headers["host"] == "testserver"
+
+
+def test_paths_of_one_route_share_their_callers_kept_hits() -> None:
+    limiter = Limiter(clock=FakeClock())
+    endpoint = limiter.limit("3/minute")(lambda: None)
+    other = limiter.limit("3/minute")(lambda: None)
+    first = limiter.plan(endpoint, "/items/{id}", "/items/1", "GET")
+    second = limiter.plan(endpoint, "/items/{id}", "/items/2", "GET")
+    elsewhere = limiter.plan(other, "/other/{id}", "/other/1", "GET")
+    assert first.batch_id == second.batch_id != elsewhere.batch_id
+    for plan in (first, second, elsewhere):
+        decide(limiter, plan, request())
+    assert len(limiter.batches.kept) == 2
+
+
+def test_a_setting_changed_on_a_limiter_in_use_is_planned_again_under_wsgi() -> None:
+    from ratemw.wsgi import WSGIRateLimitMiddleware
+
+    def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    limiter = Limiter(clock=FakeClock(), default_limits="2/minute")
+    app = WSGIRateLimitMiddleware(hello, limiter=limiter)
+
+    def status() -> int:
+        seen: list[str] = []
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": "192.0.2.1",
+                   "HTTP_HOST": "example.test", "wsgi.url_scheme": "http"}
+        b"".join(app(environ, lambda s, h, exc_info=None: seen.append(s)))
+        return int(seen[0][:3])
+
+    assert [status() for _ in range(3)] == [200, 200, 429]
+    limiter.shadow = True
+    assert status() == 200
+    limiter.shadow = False
+    breaches: list[Any] = []
+    limiter.on_breach = lambda request, exc: breaches.append(request)
+    assert status() == 429
+    assert isinstance(breaches[0], Request) and breaches[0].headers["host"] == "example.test"

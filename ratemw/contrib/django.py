@@ -96,7 +96,6 @@ class _Pending(NamedTuple):
     path: str
 
 
-
 def _prepare(request: Any, is_async: bool) -> _Pending | None:
     config = current()
     if not config.limiter.enabled:

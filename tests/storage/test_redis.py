@@ -210,8 +210,11 @@ def test_a_kept_batch_keeps_its_script_call(redis_standalone_clean: RedisServer)
             sha, (keys, args, command) = batch.wire
             assert sha == SCRIPT_SHA and keys == [hit.key for hit in batch]
             assert command == evalsha_command(SCRIPT_SHA, keys, args)
+            kept = batch.wire
+            assert twice(batch) == [7, 6]
+            assert batch.wire is kept  # sent again as it was, not built again
             batch.wire = ("0" * 40, (keys, args, b"*1\r\n$4\r\nPING\r\n"))
-            assert twice(batch) == [7, 6]  # rebuilt for this script, not a PING
+            assert twice(batch) == [5, 4]  # rebuilt for this script, not a PING
             assert batch.wire[0] == SCRIPT_SHA
     finally:
         sync.close()

@@ -153,7 +153,9 @@ class KeptBatches:
                 _hit(limiter, prefix + digest + slot.key_tail, slot.quota, cost, enforce)
                 for slot in slots
             )
-        if all(len(identity) <= MAX_KEY_LENGTH for identity in identities):
+        if plan.generation == limiter.plan_generation and all(
+            len(identity) <= MAX_KEY_LENGTH for identity in identities
+        ):
             if len(self.kept) >= self.size:
                 self.kept.clear()
             self.kept[cache_key] = batch

@@ -71,7 +71,7 @@ class Planner:
         if plan is None:
             endpoint, template = resolve()
             plan = plan_route(self.limiter, endpoint, template, path, method, self.rules)
-            if not cacheable(cache_key):
+            if not cacheable(cache_key) or plan.generation != self.limiter.plan_generation:
                 return plan
             if len(self._plans) >= _PLAN_CACHE_SIZE:
                 self._plans.clear()

@@ -64,10 +64,10 @@ def _header_modes(headers: Any) -> tuple[str, ...]:
     return modes
 
 
-# Settings that plans and kept hits are compiled from (see Limiter.watch_plans).
+# Settings that plans and kept hits are compiled from, and that may be changed on a limiter
+# in use (see Limiter.watch_plans). The storage, strategy and key prefix may not.
 _PLANNED = frozenset({
-    "key", "strategy", "key_prefix", "key_head", "shadow", "header_modes", "metrics",
-    "on_breach", "on_near_limit", "on_storage_error",
+    "key", "shadow", "header_modes", "metrics", "on_breach", "on_near_limit", "on_storage_error",
 })
 
 
@@ -216,24 +216,31 @@ class Limiter:
         self._endpoint_groups: dict[Any, tuple[LimitGroup, ...]] = {}
         self._exempt: set[Any] = set()
         self.breaker = CircuitBreaker(name=self.storage_uri_redacted, **(breaker or {}))
-        self._plan_caches: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.plan_generation = 0  # how many times planned settings changed
+        self._plan_caches: list[weakref.ref[Any]] = []  # appended and copied atomically
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         if name in _PLANNED and "_plan_caches" in self.__dict__:
-            # Plans and kept hits were compiled from the old value: forget them.
+            # Plans and kept hits were compiled from the old value: forget them. A plan
+            # compiled meanwhile carries the old generation, so it is not kept either.
+            self.plan_generation += 1
             self.batches.kept.clear()
-            for cache in list(self._plan_caches):
-                cache.forget_plans()
+            for ref in list(self._plan_caches):
+                cache = ref()
+                if cache is not None:
+                    cache.forget_plans()
 
     def watch_plans(self, cache: Any) -> None:
         """Have ``cache.forget_plans()`` called when a setting its plans depend on changes.
 
-        Plans (and callers' kept hits) are compiled from the limiter's key, strategy, key
-        prefix, shadow flag, header modes, hooks and metrics; setting any of these on a
-        limiter in use makes the middlewares plan again.
+        Plans (and callers' kept hits) are compiled from the limiter's key, shadow flag,
+        header modes, hooks and metrics: setting any of these on a limiter in use makes the
+        middlewares plan again. A cache keeps a plan only if ``plan.generation`` is still
+        ``limiter.plan_generation``.
         """
-        self._plan_caches.add(cache)
+        alive = [ref for ref in self._plan_caches if ref() is not None]
+        self._plan_caches = [*alive, weakref.ref(cache)]
 
     def __repr__(self) -> str:
         return (
@@ -393,7 +400,7 @@ class Limiter:
         template = template or NO_ROUTE
         targets = _declaration_targets(endpoint, method)
         if any(target in self._exempt for target in targets):
-            return Plan(template, ())
+            return Plan(template, (), generation=self.plan_generation)
         own = [g for target in targets for g in self._endpoint_groups.get(target, ())]
         own.extend(rule_groups(self.rules + extra_rules, path))
         own = [g for g in own if g.applies_to(method)]

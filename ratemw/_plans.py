@@ -97,6 +97,7 @@ class Plan:
     state_heads: tuple[str, ...] = ()  # a simple plan's slots' RateLimit heads, in hit order
     used: tuple[Any, ...] = ()  # a fast plan's (entry, slots, cost, enforce), as evaluate uses
     batch_id: int = field(default=0, compare=False, repr=False)
+    generation: int = field(default=0, compare=False, repr=False)  # the limiter's, when planned
 
     @property
     def groups(self) -> tuple[LimitGroup, ...]:
@@ -190,14 +191,16 @@ def compile_plan(
         ) if simple else (),
         used=used,
         batch_id=_batch_id(signature) if fast else 0,
+        generation=limiter.plan_generation,
     )
 
 
 def _answers_at_once(key: Any) -> bool:
-    """Whether a key function is a built-in one, which returns a string at once.
+    """Whether a key function is a built-in one: it reads only the scope, and returns a
+    string at once.
 
     ``keys.client_ip``, or ``keys.header`` whose fallback is one: not a subclass that
-    overrides the call (it might return something else, or an awaitable).
+    overrides the call (it might read more, return something else, or an awaitable).
     """
     for _ in range(_MAX_FALLBACKS):
         call = getattr(type(key), "__call__", None)  # noqa: B004 - which call, not whether
@@ -213,7 +216,7 @@ def _needs_request(group: LimitGroup, limiter: Limiter) -> bool:
     """Whether anything of the group's but the built-in key functions looks at the request."""
     key = group.key or limiter.key
     return (
-        not getattr(key, "scope_only", False)
+        not _answers_at_once(key)
         or group.quotas is None
         or group.exempt_when is not None
         or not isinstance(group.cost, int)

@@ -76,7 +76,6 @@ class client_ip:
     """
 
     #: Reads only ``request.scope``: the middleware may pass a bare scope holder.
-    scope_only = True
 
     def __init__(
         self,
@@ -202,7 +201,6 @@ class header:
         self.name = name.strip().lower()
         self._raw = self.name.encode("latin-1")
         self.fallback = fallback if fallback is not None else client_ip()
-        self.scope_only = bool(getattr(self.fallback, "scope_only", False))
 
     def __repr__(self) -> str:
         return f"keys.header({self.name!r})"

@@ -98,6 +98,8 @@ class RateLimitMiddleware:
             plan = self.limiter.plan(endpoint, template, path, method, self.rules)
             if not cacheable(cache_key):  # a caller's invention must not fill the cache
                 return plan
+            if plan.generation != self.limiter.plan_generation:  # settings changed meanwhile
+                return plan
             if len(self._plans) >= _PLAN_CACHE_SIZE:
                 self._plans.clear()
             self._plans[cache_key] = plan

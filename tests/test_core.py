@@ -298,3 +298,50 @@ def test_a_setting_changed_on_a_limiter_in_use_is_planned_again_under_wsgi() -> 
     limiter.on_breach = lambda request, exc: breaches.append(request)
     assert status() == 429
     assert isinstance(breaches[0], Request) and breaches[0].headers["host"] == "example.test"
+
+
+def one_route_app(limiter: Limiter, limit: str = "1/minute", **options: Any) -> TestClient:
+    @limiter.limit(limit, **options)
+    async def home(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", home)])
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)
+    return TestClient(app)
+
+
+def test_a_plan_compiled_while_a_setting_changes_is_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another thread switches shadow mode on while a request is being planned: that plan
+    # (compiled from the old settings) serves its own request but is not cached.
+    import ratemw._limiter as limiter_module
+
+    limiter = Limiter(clock=FakeClock())
+    client = one_route_app(limiter)
+    compile_plan = limiter_module.compile_plan
+
+    def compile_then_change(*args: Any) -> Plan:
+        plan = compile_plan(*args)
+        monkeypatch.setattr(limiter_module, "compile_plan", compile_plan)
+        limiter.shadow = True
+        return plan
+
+    monkeypatch.setattr(limiter_module, "compile_plan", compile_then_change)
+    assert client.get("/").status_code == 200
+    assert client.get("/").status_code == 200  # over the limit, planned again: shadow
+
+
+class UserKey(keys.client_ip):
+    """Looks built in (a client_ip subclass), but reads a header through the Request."""
+
+    def __call__(self, request: Any) -> Any:
+        return request.headers.get("x-user", "anonymous")
+
+
+def test_a_subclassed_built_in_key_gets_a_request() -> None:
+    # Each user has its own quota: the key is handed a Request, not a scope holder (which
+    # would make it raise and count everyone by address).
+    client = one_route_app(Limiter(clock=FakeClock()), key=UserKey())
+    assert [client.get("/", headers={"x-user": user}).status_code
+            for user in ("ann", "bob", "ann")] == [200, 200, 429]

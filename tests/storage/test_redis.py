@@ -600,3 +600,54 @@ def test_connection_slots_say_whether_a_thread_waited() -> None:
     assert found == [None]
     slots.release()
     assert slots.acquire(0.01) is True
+
+
+def test_a_call_that_waited_behind_a_failed_one_fails_without_being_sent(
+    redis_server_private: RedisServer,
+) -> None:
+    # One connection. A's call meets a paused server and times out; B, waiting for the
+    # connection meanwhile, is handed it and fails at once instead of paying a timeout of its
+    # own. C, which takes the connection without waiting once the server answers, succeeds.
+    server = redis_server_private
+    storage = RedisStorage(server.url, max_connections=1, pool_timeout=5, socket_timeout=0.5,
+                           socket_connect_timeout=0.5)
+    hits = [Hit(key(), 10, WINDOW_MS, 1, "fixed-window")]
+    outcomes: dict[str, tuple[float, BaseException | None]] = {}
+
+    def call(name: str) -> None:
+        started = time.monotonic()
+        try:
+            storage.acquire(hits)
+            outcomes[name] = (time.monotonic() - started, None)
+        except BaseException as exc:
+            outcomes[name] = (time.monotonic() - started, exc)
+
+    def wait_for(condition: Any) -> None:
+        deadline = time.monotonic() + 5
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    try:
+        storage.acquire(hits)  # connected, script loaded
+        pauser = threading.Thread(target=server.pause, args=(1.5,))
+        pauser.start()
+        time.sleep(0.1)  # the pause is in force
+        a = threading.Thread(target=call, args=("a",))
+        a.start()
+        wait_for(lambda: storage._slots._free == 0)
+        b = threading.Thread(target=call, args=("b",))
+        b.start()
+        wait_for(lambda: storage._slots._waiters)
+        a.join()
+        b.join()
+        pauser.join()
+        server.unpause()  # returns once the pause is over
+        call("c")
+    finally:
+        storage.close()
+    a_took, a_error = outcomes["a"]
+    b_took, b_error = outcomes["b"]
+    assert isinstance(a_error, StorageError) and "Timeout" in str(a_error)
+    assert isinstance(b_error, StorageError) and "ahead of this one failed" in str(b_error)
+    assert b_took < a_took + 0.3  # B waited for A's timeout, and not for one of its own
+    assert outcomes["c"][1] is None

@@ -40,6 +40,27 @@ def make_client(
     return TestClient(app)
 
 
+async def websocket_handshake(app: Any, path: str = "/ws") -> list[dict[str, Any]]:
+    """A WebSocket handshake from a server without the denial-response extension: the
+    messages the app sent."""
+    scope = {
+        "type": "websocket", "path": path, "headers": [], "query_string": b"",
+        "client": ("192.0.2.1", 1), "server": ("test", 80), "scheme": "ws", "root_path": "",
+        "subprotocols": [],
+    }  # fmt: skip
+    incoming = [{"type": "websocket.connect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop() if incoming else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
 def parse_sf_list(value: str) -> list[tuple[Any, dict[str, Any]]]:
     """Parse a Structured Field List (RFC 9651) with a real parser."""
     parsed = List()

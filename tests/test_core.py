@@ -10,20 +10,17 @@ import ipaddress
 from typing import Any
 
 import pytest
-from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
-from starlette.testclient import TestClient
 
 import ratemw._drivers as drivers
-from ratemw import Limiter, RateLimitMiddleware, keys
+from ratemw import Limiter, keys
 from ratemw._core import MAX_KEY_LENGTH, KeptBatches, Outcome, evaluate
 from ratemw._drivers import decide_request, run
 from ratemw._plans import Plan
 from ratemw.keys import ScopeHolder
 from ratemw.storage._base import Batch
 from ratemw.testing import FakeClock
+from tests.conftest import make_client
 
 
 def request(client: str = "203.0.113.7", api_key: str | None = None) -> ScopeHolder:
@@ -239,14 +236,7 @@ def test_a_setting_changed_on_a_limiter_in_use_is_planned_again() -> None:
     # middleware plan again. Shadow mode switched on at run time lets an over-limit caller
     # through; a hook set at run time is called, with a real Request.
     limiter = Limiter(clock=FakeClock())
-
-    @limiter.limit("2/minute")
-    async def home(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("ok")
-
-    app = Starlette(routes=[Route("/", home)])
-    app.add_middleware(RateLimitMiddleware, limiter=limiter)
-    client = TestClient(app)
+    client = make_client(limiter, decorate=limiter.limit("2/minute"))
     assert [client.get("/").status_code for _ in range(3)] == [200, 200, 429]
     assert limiter.batches.kept
     limiter.shadow = True
@@ -300,16 +290,6 @@ def test_a_setting_changed_on_a_limiter_in_use_is_planned_again_under_wsgi() -> 
     assert isinstance(breaches[0], Request) and breaches[0].headers["host"] == "example.test"
 
 
-def one_route_app(limiter: Limiter, limit: str = "1/minute", **options: Any) -> TestClient:
-    @limiter.limit(limit, **options)
-    async def home(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("ok")
-
-    app = Starlette(routes=[Route("/", home)])
-    app.add_middleware(RateLimitMiddleware, limiter=limiter)
-    return TestClient(app)
-
-
 def test_a_plan_compiled_while_a_setting_changes_is_not_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -318,7 +298,7 @@ def test_a_plan_compiled_while_a_setting_changes_is_not_kept(
     import ratemw._limiter as limiter_module
 
     limiter = Limiter(clock=FakeClock())
-    client = one_route_app(limiter)
+    client = make_client(limiter, decorate=limiter.limit("1/minute"))
     compile_plan = limiter_module.compile_plan
 
     def compile_then_change(*args: Any) -> Plan:
@@ -342,6 +322,7 @@ class UserKey(keys.client_ip):
 def test_a_subclassed_built_in_key_gets_a_request() -> None:
     # Each user has its own quota: the key is handed a Request, not a scope holder (which
     # would make it raise and count everyone by address).
-    client = one_route_app(Limiter(clock=FakeClock()), key=UserKey())
+    limiter = Limiter(clock=FakeClock())
+    client = make_client(limiter, decorate=limiter.limit("1/minute", key=UserKey()))
     assert [client.get("/", headers={"x-user": user}).status_code
             for user in ("ann", "bob", "ann")] == [200, 200, 429]

@@ -38,6 +38,7 @@ from ratemw._breaker import CircuitBreaker, CircuitOpen
 from ratemw.storage.redis import DEFAULT_OPTIONS, SCRIPT_SHA
 from ratemw.wsgi import WSGIRateLimitMiddleware
 from tests._tcp_proxy import TCPProxy
+from tests.conftest import websocket_handshake
 from tests.redis_servers import (
     RedisCluster,
     RedisSentinel,
@@ -962,28 +963,9 @@ def test_websocket_handshakes_get_the_failure_mode(dead_url: str, mode: str) -> 
                     pass  # pragma: no cover - the handshake is refused
                 assert refused.value.status_code == 429
     if mode == "deny":  # a server without the extension: the handshake is closed with 1008
-        sent = anyio.run(_bare_handshake, app)
+        sent = anyio.run(websocket_handshake, app)
         assert sent == [{"type": "websocket.close", "code": 1008,
                          "reason": "rate limits unavailable"}]
-
-
-async def _bare_handshake(app: Any) -> list[dict[str, Any]]:
-    scope = {
-        "type": "websocket", "path": "/ws", "headers": [], "query_string": b"",
-        "client": ("192.0.2.1", 1), "server": ("test", 80), "scheme": "ws", "root_path": "",
-        "subprotocols": [],
-    }  # fmt: skip
-    incoming = [{"type": "websocket.connect"}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return incoming.pop() if incoming else {"type": "websocket.disconnect", "code": 1000}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent
 
 
 # -- logging once per incident, the hook per request -----------------------------------------------

@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket
 
 from ratemw import Limiter, RateLimitExceeded, RateLimitMiddleware, Rule, keys
 from ratemw.testing import FakeClock
-from tests.conftest import make_client, ok, parse_sf_list
+from tests.conftest import make_client, ok, parse_sf_list, websocket_handshake
 
 pytestmark = pytest.mark.anyio
 
@@ -865,34 +865,8 @@ async def test_websocket_refused_with_close_1008_without_denial_extension() -> N
     app = Starlette(routes=[WebSocketRoute("/ws", echo)])
     app.add_middleware(RateLimitMiddleware, limiter=limiter)
 
-    async def handshake() -> list[dict[str, Any]]:
-        scope = {
-            "type": "websocket",
-            "path": "/ws",
-            "headers": [],
-            "query_string": b"",
-            "client": ("1.2.3.4", 1),
-            "server": ("test", 80),
-            "scheme": "ws",
-            "root_path": "",
-            "subprotocols": [],
-        }
-        sent: list[dict[str, Any]] = []
-        incoming = [{"type": "websocket.connect"}]
-
-        async def receive() -> dict[str, Any]:
-            if incoming:
-                return incoming.pop()
-            return {"type": "websocket.disconnect", "code": 1000}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        await app(scope, receive, send)
-        return sent
-
-    assert (await handshake())[0]["type"] == "websocket.accept"
-    refused = await handshake()
+    assert (await websocket_handshake(app))[0]["type"] == "websocket.accept"
+    refused = await websocket_handshake(app)
     assert refused == [{"type": "websocket.close", "code": 1008, "reason": "rate limit exceeded"}]
 
 

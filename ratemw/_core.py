@@ -103,6 +103,7 @@ class Outcome:
 
 
 PASS = Outcome(headers=[])
+_new = object.__new__
 
 Step = Generator[Any, Any, Outcome]
 # What each of a request's limit groups came to: (entry, slots, cost, enforce).
@@ -141,10 +142,15 @@ class KeptBatches:
         self.kept: dict[tuple[Any, ...], Batch] = {}
 
     def get(self, limiter: Limiter, plan: Plan, identities: list[str]) -> Batch:
+        """The caller's batch: kept under ``(plan.batch_id, *identities)``, built if not."""
         cache_key = (plan.batch_id, *identities)
         batch = self.kept.get(cache_key)
-        if batch is not None:
-            return batch
+        return batch if batch is not None else self.build(limiter, plan, identities, cache_key)
+
+    def build(
+        self, limiter: Limiter, plan: Plan, identities: list[str], cache_key: tuple[Any, ...]
+    ) -> Batch:
+        """Build the caller's batch, and keep it under ``cache_key`` if it may be kept."""
         batch = Batch()
         prefix = limiter.key_head
         for (_, slots, cost, enforce), identity in zip(plan.used, identities, strict=True):
@@ -204,27 +210,55 @@ def instant_hits(limiter: Limiter, plan: Plan, request: Any) -> Batch:
     a generator to drive: the drivers' instant lane (``decide_request``).
     """
     identities: list[str] = []
-    for entry in plan.entries:
-        key = entry.group.key or limiter.key
+    for key in plan.keys:
         try:
             identity = key(request)
         except Exception as error:
             identity = _key_failed(limiter, key, request, error)
         identities.append(identity)
-    return limiter.batches.get(limiter, plan, identities)
+    batches = limiter.batches
+    cache_key = (plan.batch_id, *identities)
+    batch = batches.kept.get(cache_key)
+    return batch if batch is not None else batches.build(limiter, plan, identities, cache_key)
 
 
 def fast_outcome(limiter: Limiter, plan: Plan, result: Any) -> Outcome | None:
     """A fast plan's admitted request, its headers straight from the storage's numbers.
 
     ``None`` when the storage failed or something did not fit: ``conclude`` decides.
+    Same numbers as ``decide`` + ``rate_limit_headers``: remaining, and the reset rounded up.
     """
     if type(result) is not list:
         return None
-    for usage in result:
+    if not limiter.header_modes:
+        for usage in result:
+            if not usage.fits:
+                return None
+        return PASS
+    if len(result) == 1:  # one limit: the common case, without a loop or a join
+        usage = result[0]
         if not usage.fits:
             return None
-    return Outcome(_fast_headers(limiter, plan, result))
+        remaining, reset = usage.remaining, usage.reset_ms  # as _state does, without a call
+        state = (f"{plan.state_heads[0]}{remaining if remaining > 0 else 0};"
+                 f"t={-(-reset // 1000) if reset > 0 else 0}")
+    else:
+        states = []
+        for head, usage in zip(plan.state_heads, result):  # noqa: B905 - one usage per slot
+            if not usage.fits:
+                return None
+            states.append(_state(head, usage.remaining, usage.reset_ms))
+        state = ", ".join(states)
+    # Built without __init__: this runs for nearly every request.
+    outcome: Outcome = _new(Outcome)
+    outcome.headers = [plan.policy_field, ("RateLimit", state)]
+    return outcome
+
+
+def _state(head: str, remaining: int, reset_ms: int) -> str:
+    """One quota's item of the ``RateLimit`` header: remaining, and the reset rounded up."""
+    seconds = -(-reset_ms // 1000) if reset_ms > 0 else 0
+    return f"{head}{remaining if remaining > 0 else 0};t={seconds}"
 
 
 def conclude(
@@ -357,21 +391,6 @@ def _collect(limiter: Limiter, plan: Plan, request: Any) -> Generator[Any, Any, 
         if group.deduct_when is not None:
             refundable.append((group.deduct_when, group_hits))
     return hits, used, refundable
-
-
-def _fast_headers(limiter: Limiter, plan: Plan, usages: list[Usage]) -> list[tuple[str, str]]:
-    """The draft-10 headers of an admitted request on a fast plan, without a Decision.
-
-    Same numbers as ``decide`` + ``rate_limit_headers``: remaining, and the reset rounded up.
-    """
-    if not limiter.header_modes:
-        return []
-    state = []
-    for head, usage in zip(plan.state_heads, usages):  # noqa: B905 - one usage per slot
-        reset = usage.reset_ms
-        seconds = -(-reset // 1000) if reset > 0 else 0
-        state.append(f"{head}{max(usage.remaining, 0)};t={seconds}")
-    return [("RateLimit-Policy", plan.policy_header), ("RateLimit", ", ".join(state))]
 
 
 def dynamic_slots(

@@ -58,9 +58,13 @@ async def _answer_async(
         if fallback:
             return await _call_async(limiter.fallback_storage.async_, hits, op, stamp)
         breaker = limiter.breaker
-        breaker.before()
+        if breaker.open_until:  # a closed breaker, nearly always: nothing to ask it
+            breaker.before()
         try:
-            value = await _call_async(limiter.backends.async_, hits, op, stamp)
+            storage = limiter.backends.async_
+            value = await (storage.acquire(hits) if op == "acquire" else _call_async(
+                storage, hits, op, stamp
+            ))
         except Exception as exc:
             breaker.failure(exc)
             raise
@@ -78,13 +82,17 @@ def _answer_sync(
     try:
         memory = limiter.backends.memory
         if memory is not None and not fallback:
-            return _call_sync(memory, hits, op, stamp)
+            return memory.acquire(hits) if op == "acquire" else _call_sync(memory, hits, op, stamp)
         if fallback:
             return _call_sync(limiter.fallback_storage.sync, hits, op, stamp)
         breaker = limiter.breaker
-        breaker.before()
+        if breaker.open_until:  # a closed breaker, nearly always: nothing to ask it
+            breaker.before()
         try:
-            value = _call_sync(limiter.backends.sync, hits, op, stamp)
+            storage = limiter.backends.sync
+            value = storage.acquire(hits) if op == "acquire" else _call_sync(
+                storage, hits, op, stamp
+            )
         except Exception as exc:
             breaker.failure(exc)
             raise

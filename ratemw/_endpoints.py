@@ -48,32 +48,36 @@ class Planner:
     Example::
 
         planner = Planner(limiter, rules)
-        plan = planner.plan((method, path), lambda: routes(environ), path, method)
+        plan = planner.plan((method, path), path, method, routes, environ)
     """
 
     def __init__(self, limiter: Limiter, rules: tuple[Rule, ...]) -> None:
         self.limiter = limiter
         self.rules = rules
-        self._plans: dict[tuple[Any, ...], Plan] = {}
+        #: The plans kept, by cache key: an adapter may look here first (``plan`` on a miss).
+        self.plans: dict[tuple[Any, ...], Plan] = {}
         limiter.watch_plans(self)
 
     def forget_plans(self) -> None:
-        self._plans.clear()
+        self.plans.clear()
 
     def plan(
         self,
         cache_key: tuple[Any, ...],
-        resolve: Callable[[], tuple[Any, str | None]],
         path: str,
         method: str,
+        resolve: Callable[..., tuple[Any, str | None]],
+        *args: Any,
     ) -> Plan:
-        plan = self._plans.get(cache_key)
+        """The plan cached under ``cache_key``; on a miss ``resolve(*args)`` finds the route:
+        ``(endpoint, template)``."""
+        plan = self.plans.get(cache_key)
         if plan is None:
-            endpoint, template = resolve()
+            endpoint, template = resolve(*args)
             plan = plan_route(self.limiter, endpoint, template, path, method, self.rules)
             if not cacheable(cache_key) or plan.generation != self.limiter.plan_generation:
                 return plan
-            if len(self._plans) >= _PLAN_CACHE_SIZE:
-                self._plans.clear()
-            self._plans[cache_key] = plan
+            if len(self.plans) >= _PLAN_CACHE_SIZE:
+                self.plans.clear()
+            self.plans[cache_key] = plan
         return plan

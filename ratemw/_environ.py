@@ -66,7 +66,8 @@ def request_path(environ: WSGIEnvironment) -> str:
     ``SCRIPT_NAME`` and ``PATH_INFO`` joined and decoded as UTF-8, so a 429's ``instance`` and
     ``detail`` read the same under WSGI and ASGI.
     """
-    return _decode(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/"
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    return (path if path.isascii() else _decode(path)) or "/"
 
 
 class _Scope(dict[str, Any]):
@@ -122,12 +123,19 @@ def wsgi_scope(environ: WSGIEnvironment, method: str, path: str) -> dict[str, An
         request = Request(wsgi_scope(environ, "GET", request_path(environ)))
         keys.client_ip()(request)   # reads scope["client"], from REMOTE_ADDR
     """
+    host, port = environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT") or 0
+    if type(port) is str and len(port) <= 5 and port.isdecimal():
+        port = int(port)
+    # What servers send (the port as text, a number, or not at all) needs no closer look.
+    client = (host, port) if type(host) is str and host and type(port) is int else _address(
+        host, port
+    )
     return _Scope(
         {
             "type": "http",
             "method": method,
             "path": path,
-            "client": _address(environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT")),
+            "client": client,
             "wsgi.environ": environ,
         }
     )

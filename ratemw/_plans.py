@@ -75,8 +75,8 @@ class Plan:
     """The compiled limits of one route and method.
 
     ``simple`` plans (every quota known, no ``exempt_when``, no computed cost, no concurrency
-    quota, no ``deduct_when``, no shadow limit) have their ``RateLimit-Policy`` value in
-    ``policy_header``. ``fast`` plans are simple plans of a limiter with nothing to report on
+    quota, no ``deduct_when``, no shadow limit) have their ``RateLimit-Policy`` header in
+    ``policy_field``. ``fast`` plans are simple plans of a limiter with nothing to report on
     an admitted request (no hook or metrics that see it, draft-10 headers or none): their
     callers' hits are kept between requests (``batch_id`` names the hits the plan gives, the
     same for plans that give the same) and an admitted request's headers come straight from
@@ -92,10 +92,12 @@ class Plan:
     simple: bool = False
     fast: bool = False
     instant: bool = False
-    policy_header: str = ""
+    policy_field: tuple[str, str] = ("RateLimit-Policy", "")  # the header, ready to send
     needs_request: bool = True
     state_heads: tuple[str, ...] = ()  # a simple plan's slots' RateLimit heads, in hit order
     used: tuple[Any, ...] = ()  # a fast plan's (entry, slots, cost, enforce), as evaluate uses
+    # A fast plan's key functions, one per entry.
+    keys: tuple[Any, ...] = field(default=(), compare=False, repr=False)
     batch_id: int = field(default=0, compare=False, repr=False)
     generation: int = field(default=0, compare=False, repr=False)  # the limiter's, when planned
 
@@ -184,12 +186,13 @@ def compile_plan(
         simple=simple,
         fast=fast,
         instant=instant,
-        policy_header=", ".join(policy_parts) if simple else "",
+        policy_field=("RateLimit-Policy", ", ".join(policy_parts) if simple else ""),
         needs_request=needs_request or limiter.has_hooks,
         state_heads=tuple(
             slot.state_head for entry in entries for slot in entry.slots or ()
         ) if simple else (),
         used=used,
+        keys=tuple(entry.group.key or limiter.key for entry in entries) if fast else (),
         batch_id=_batch_id(signature) if fast else 0,
         generation=limiter.plan_generation,
     )

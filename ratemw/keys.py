@@ -137,7 +137,10 @@ class client_ip:
 
     def __call__(self, request: Any) -> str:
         scope = request.scope
-        client = scope.get("client")
+        try:
+            client = scope["client"]  # a WSGI request's scope answers [] at C speed, not get()
+        except KeyError:
+            return UNKNOWN_CLIENT
         if not client or not client[0]:
             return UNKNOWN_CLIENT
         host = str(client[0])

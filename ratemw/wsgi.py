@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from ratemw._core import Outcome, Plan, ResponseInfo, settle
+from ratemw._core import Outcome, ResponseInfo, settle
 from ratemw._drivers import decide_request, run
 from ratemw._endpoints import Planner
 from ratemw._environ import request_path, wsgi_scope
@@ -169,15 +169,6 @@ class WSGIRateLimitMiddleware:
         self.routes = routes if routes is not None else _framework_routes(app)
         self._planner = Planner(limiter, self.rules)
 
-    def _plan(self, environ: WSGIEnvironment, method: str, path: str) -> Plan:
-        routes = self.routes
-        if routes is None:
-            return self._planner.plan((method, path), _no_route, path, method)
-        # Routing may depend on the host (Flask subdomains, host matching), so it is part of
-        # the key; the path is the decoded one, so equivalent spellings share an entry.
-        cache_key = (method, environ.get("HTTP_HOST", ""), path)
-        return self._planner.plan(cache_key, lambda: routes(environ), path, method)
-
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
@@ -185,8 +176,18 @@ class WSGIRateLimitMiddleware:
         if not limiter.enabled:
             return self.app(environ, start_response)
         method = environ.get("REQUEST_METHOD", "GET").upper()
-        path = request_path(environ)
-        plan = self._plan(environ, method, path)
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        if not path or not path.isascii():
+            path = request_path(environ)
+        # Routing may depend on the host (Flask subdomains, host matching), so it is part of
+        # the key; the path is the decoded one, so equivalent spellings share an entry.
+        routes = self.routes
+        host = None if routes is None else environ.get("HTTP_HOST", "")
+        cache_key = (method, host, path)
+        plan = self._planner.plans.get(cache_key)
+        if plan is None:
+            resolve = (_no_route,) if routes is None else (routes, environ)
+            plan = self._planner.plan(cache_key, path, method, *resolve)
         if not plan.entries:
             return self.app(environ, start_response)
         scope = wsgi_scope(environ, method, path)

@@ -81,7 +81,7 @@ class CountingBrokenStorage:
 def test_open_circuit_spares_requests_the_storage_wait() -> None:
     limiter = Limiter(breaker={"threshold": 3, "backoff": 60, "max_backoff": 60})
     broken = CountingBrokenStorage()
-    limiter.backends._async = broken  # type: ignore[assignment]
+    limiter.backends.async_ = broken  # type: ignore[assignment]
     limiter.backends.memory = None
     client: TestClient = make_client(limiter, decorate=limiter.limit("1/minute"))
     assert [client.get("/").status_code for _ in range(20)] == [200] * 20  # fail open

@@ -118,6 +118,13 @@ def test_client_ip(trusted: list[str], client: Any, headers: dict[str, str], exp
     assert keys.client_ip(trusted_proxies=trusted)(request(client, headers)) == expected
 
 
+def test_client_ip_of_a_scope_without_a_client_entry() -> None:
+    # ASGI makes "client" optional: a server may leave it out altogether.
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    assert keys.client_ip()(Request(scope)) == UNKNOWN_CLIENT
+    assert keys.client_ip(trusted_proxies=["10.0.0.0/8"])(Request(scope)) == UNKNOWN_CLIENT
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [

@@ -91,8 +91,7 @@ class BrokenStorage:
 
 def test_storage_errors_are_counted(registry: CollectorRegistry) -> None:
     limiter = Limiter(clock=FakeClock(), metrics=PrometheusMetrics(registry=registry))
-    limiter.backends._async = BrokenStorage()  # type: ignore[assignment]
-    limiter.backends.memory = None  # the driver would otherwise call memory directly
+    limiter.backends.async_ = BrokenStorage()  # type: ignore[assignment]
     limiter.backends.memory = None  # the driver would otherwise call memory directly
     client = make_client(limiter, decorate=limiter.limit("1/minute"))
     assert [client.get("/").status_code for _ in range(4)] == [200] * 4  # fail open

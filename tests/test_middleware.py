@@ -725,7 +725,7 @@ def test_failure_modes(clock: FakeClock, mode: str, expected: int) -> None:
     limiter = Limiter(
         clock=clock, failure_mode=mode, on_storage_error=lambda req, exc: errors.append(exc)
     )
-    limiter.backends._async = BrokenStorage()  # type: ignore[assignment]
+    limiter.backends.async_ = BrokenStorage()  # type: ignore[assignment]
     limiter.backends.memory = None  # the driver would otherwise call memory directly
     client = make_client(limiter, decorate=limiter.limit("1/minute"))
     assert client.get("/").status_code == 200 if mode != "deny" else True
@@ -740,7 +740,7 @@ def test_failure_modes(clock: FakeClock, mode: str, expected: int) -> None:
 
 def test_failure_mode_per_limit_strictest_wins(clock: FakeClock) -> None:
     limiter = Limiter(clock=clock, failure_mode="allow", application_limits="100/minute")
-    limiter.backends._async = BrokenStorage()  # type: ignore[assignment]
+    limiter.backends.async_ = BrokenStorage()  # type: ignore[assignment]
     limiter.backends.memory = None
 
     @limiter.limit("5/minute", failure_mode="deny")

@@ -152,8 +152,14 @@ def test_scope_survives_what_a_broken_server_sends() -> None:
     [
         pytest.param({"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": "4711"}, ("192.0.2.9", 4711),
                      id="address and port"),
+        pytest.param({"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": 4711}, ("192.0.2.9", 4711),
+                     id="port as a number"),
         pytest.param({"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": "x"}, ("192.0.2.9", 0),
                      id="bad port"),
+        pytest.param({"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": "\u00b2"}, ("192.0.2.9", 0),
+                     id="a digit int() refuses"),
+        pytest.param({"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": ""}, ("192.0.2.9", 0),
+                     id="empty port"),
         pytest.param({"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": None}, ("192.0.2.9", 0),
                      id="no port"),
         pytest.param({"REMOTE_ADDR": ""}, None, id="empty address"),
@@ -281,7 +287,7 @@ def test_overlong_request_lines_are_planned_afresh_not_cached(clock: FakeClock) 
     assert statuses(app, "/", HTTP_HOST="h" * 513) == [429]  # one route, one bucket
     # The resolver ran once for the path it may keep, every time for the others.
     assert seen == [512 + 9, 513 + 9, 513 + 9, 1 + 513]
-    assert [path for _, _, path in app._planner._plans] == [longest]
+    assert [path for *_, path in app._planner.plans] == [longest]
 
 
 def test_a_raising_key_function_counts_by_the_limiters_client_ip(clock: FakeClock) -> None:

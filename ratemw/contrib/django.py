@@ -105,7 +105,7 @@ def _prepare(request: Any, is_async: bool) -> _Pending | None:
     urlconf = getattr(request, "urlconf", None)  # set by middleware such as django-hosts
     path_info: str = request.path_info
     plan = config.planner.plan(
-        (method, path, urlconf), lambda: resolve_view(path_info, urlconf), path, method
+        (method, path, urlconf), path, method, resolve_view, path_info, urlconf
     )
     if not plan.entries:
         return None

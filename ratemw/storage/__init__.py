@@ -8,6 +8,7 @@ backend answers one request's hits in one atomic step.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -76,14 +77,12 @@ class StorageBackends:
         self.scheme = storage_scheme(uri)
         self.options = dict(options or {})
         self.clock = clock
-        self._sync: Storage | None = None
-        self._async: AsyncStorage | None = None
         # The memory storage cannot fail or block: drivers call it directly.
         self.memory: MemoryStorage | None = None
         if self.scheme == "memory":
             self.memory = self._build_memory()
-            self._sync = self.memory
-            self._async = AsyncMemoryStorage(self.memory)
+            self.sync = self.memory  # both faces share the one table
+            self.async_ = AsyncMemoryStorage(self.memory)
         else:
             from ratemw.storage import redis as redis_storage
 
@@ -107,22 +106,18 @@ class StorageBackends:
             )
         return MemoryStorage(max_keys=max_keys, clock=self.clock or wall_clock_ms)
 
-    @property
+    # Redis faces are built on first use; once built, a face is a plain attribute (read on
+    # every request). A memory backend sets both when it is made.
+    @cached_property
     def sync(self) -> Storage:
-        if self._sync is None:
-            from ratemw.storage import redis as redis_storage
+        from ratemw.storage import redis as redis_storage
 
-            self._sync = redis_storage.RedisStorage(
-                self.uri, key_prefix=self.key_prefix, **self.options
-            )
-        return self._sync
+        return redis_storage.RedisStorage(self.uri, key_prefix=self.key_prefix, **self.options)
 
-    @property
+    @cached_property
     def async_(self) -> AsyncStorage:
-        if self._async is None:
-            from ratemw.storage import redis as redis_storage
+        from ratemw.storage import redis as redis_storage
 
-            self._async = redis_storage.AsyncRedisStorage(
-                self.uri, key_prefix=self.key_prefix, **self.options
-            )
-        return self._async
+        return redis_storage.AsyncRedisStorage(
+            self.uri, key_prefix=self.key_prefix, **self.options
+        )

@@ -97,14 +97,17 @@ def acquire_call(hits: Sequence[Hit], sha: str) -> tuple[list[str], list[Any], b
     return keys, args, None
 
 
-def parse_reply(reply: Sequence[Any], count: int) -> tuple[list[Usage], int]:
-    """The script's answer: one ``Usage`` per hit, and the time of the decision."""
+def parse_reply(reply: Sequence[Any], count: int) -> list[Usage]:
+    """The script's answer: one ``Usage`` per hit, each stamped with the time of the decision."""
     now = int(reply[-1])
+    if count == 1:  # one limit: the common case, without the loop
+        fits, remaining, reset, wait, _ = reply
+        return [Usage(fits == 1, remaining, reset, wait if wait >= 0 else None, now)]
     usages = []
     for i in range(0, count * 4, 4):  # the script answers integers: no conversion needed
         fits, remaining, reset, wait = reply[i : i + 4]
         usages.append(Usage(fits == 1, remaining, reset, wait if wait >= 0 else None, now))
-    return usages, now
+    return usages
 
 
 def slot_groups(hits: Sequence[Hit]) -> list[list[int]]:
@@ -155,7 +158,8 @@ def slot_by_slot(hits: Sequence[Hit], groups: list[list[int]], mode: str) -> Cal
     for group in groups:
         part = [hits[i] for i in group]
         reply = yield script_args(part, "peek" if refused else mode, stamp)
-        found, stamp = parse_reply(reply, len(part))
+        found = parse_reply(reply, len(part))
+        stamp = found[0].stamp_ms
         for i, usage in zip(group, found, strict=True):
             usages[i] = usage
         if refused:

@@ -174,28 +174,52 @@ class _FailedAhead(redis.ConnectionError):
 
 
 class _Slots:
-    """At most ``size`` threads at a time hold a slot; waiters are served in arrival order.
+    """At most ``size`` threads at a time hold a slot; waiters are served in arrival order
+    (but for a thread arriving in the instant a slot is handed over).
 
     ``threading.Semaphore`` lets a thread that just released take the slot again ahead of
     the ones waiting: a thread pool larger than the pool of connections then starves some
     requests until ``pool_timeout``, on a perfectly healthy server. Here ``release`` hands
     the slot straight to the longest waiter.
+
+    Free slots are tokens in a deque, whose ``pop`` and ``append`` are atomic: while nobody
+    waits, taking and giving back a slot costs no lock. Waiting goes through the lock. The
+    first waiter looks for a token once queued, and ``release`` looks for a waiter after
+    putting its token back: whichever comes second sees the other, so a slot is never left
+    free while a thread waits for it. (This leans on the GIL's ordering of those steps.)
     """
 
     def __init__(self, size: int) -> None:
-        self._free = size
+        self._tokens: deque[None] = deque([None] * size)
         self._lock = threading.Lock()
         self._waiters: deque[threading.Lock] = deque()
 
+    @property
+    def free(self) -> int:
+        """Slots nobody holds."""
+        return len(self._tokens)
+
     def acquire(self, timeout: float) -> bool | None:
         """Take a slot: ``True`` at once, ``None`` after waiting, ``False`` not in ``timeout``."""
-        with self._lock:
-            if self._free and not self._waiters:
-                self._free -= 1
+        if not self._waiters:  # nobody is ahead of this thread
+            try:
+                self._tokens.pop()
                 return True
+            except IndexError:
+                pass
+        with self._lock:
             waiter = threading.Lock()
             waiter.acquire()
             self._waiters.append(waiter)
+            # A slot given back just before this thread queued found nobody to hand it to.
+            if self._waiters[0] is waiter and self._tokens:
+                try:
+                    self._tokens.pop()
+                except IndexError:
+                    pass
+                else:
+                    self._waiters.popleft()
+                    return True
         if waiter.acquire(timeout=timeout):
             return None  # handed over by release()
         with self._lock:
@@ -205,11 +229,15 @@ class _Slots:
         return None  # handed over between the timeout and this thread's taking the lock
 
     def release(self) -> None:
-        with self._lock:
-            if self._waiters:
-                self._waiters.popleft().release()
-            else:
-                self._free += 1
+        self._tokens.append(None)
+        if self._waiters:
+            with self._lock:
+                if self._waiters:
+                    try:
+                        self._tokens.pop()
+                    except IndexError:  # taken meanwhile, by a thread that had queued
+                        return
+                    self._waiters.popleft().release()
 
 
 def _storage_error(config: RedisConfig, exc: BaseException) -> StorageError:
@@ -306,7 +334,7 @@ class RedisStorage:
     def _run(self, hits: Sequence[Hit], mode: str) -> list[Usage]:
         groups = slot_groups(hits) if self.cluster else []
         if len(groups) <= 1:
-            return parse_reply(self._script(*script_args(hits, mode)), len(hits))[0]
+            return parse_reply(self._script(*script_args(hits, mode)), len(hits))
         calls = slot_by_slot(hits, groups, mode)
         reply = None
         while True:
@@ -325,7 +353,7 @@ class RedisStorage:
                 return cached
         try:
             if self._pipe is not None:  # a single server: one script call, kept for a batch
-                usages = parse_reply(self._script(*acquire_call(hits, self._sha)), len(hits))[0]
+                usages = parse_reply(self._script(*acquire_call(hits, self._sha)), len(hits))
             else:
                 usages = self._run(hits, "acquire")
         except _ERRORS as exc:
@@ -495,12 +523,12 @@ class AsyncRedisStorage:
         if self._pipe is not None:  # a single server: the fast lane, straight to the wire
             keys, args = script_args(hits, mode)
             reply = await self._pipe.script(self._sha, self._script_text, keys, args)
-            return parse_reply(reply, len(hits))[0]
+            return parse_reply(reply, len(hits))
         if not self._ready:
             await self._ensure_ready()
         groups = slot_groups(hits) if self.cluster else []
         if len(groups) <= 1:
-            return parse_reply(await self._script(*script_args(hits, mode)), len(hits))[0]
+            return parse_reply(await self._script(*script_args(hits, mode)), len(hits))
         calls = slot_by_slot(hits, groups, mode)
         reply = None
         while True:
@@ -521,7 +549,7 @@ class AsyncRedisStorage:
             if self._pipe is not None:  # _run's fast lane, inlined: this runs on every request
                 keys, args, command = acquire_call(hits, self._sha)
                 reply = await self._pipe.script(self._sha, self._script_text, keys, args, command)
-                usages = parse_reply(reply, len(hits))[0]
+                usages = parse_reply(reply, len(hits))
             else:
                 usages = await self._run(hits, "acquire")
         except _ERRORS as exc:

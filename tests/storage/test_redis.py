@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -602,6 +603,75 @@ def test_connection_slots_say_whether_a_thread_waited() -> None:
     assert slots.acquire(0.01) is True
 
 
+def test_a_slot_given_back_while_a_thread_queues_is_taken_by_it() -> None:
+    # The race the lock-free release must not lose: the thread finds no free slot and goes
+    # for the lock; before it queues, the holder gives its slot back and, seeing nobody
+    # queued, keeps no lock. Once queued, the thread must find that slot, not wait it out.
+    slots = _Slots(1)
+    assert slots.acquire(1.0) is True  # held
+
+    class ReleasingLock:
+        """The slots' lock, with the holder's release slipped in as the thread takes it."""
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.pending = True
+
+        def __enter__(self) -> None:
+            if self.pending:
+                self.pending = False
+                slots.release()  # nobody has queued yet: the slot goes back to the pool
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    slots._lock = ReleasingLock()  # type: ignore[assignment]
+    started = time.monotonic()
+    assert slots.acquire(1.0) is True  # taken once queued, without waiting
+    assert time.monotonic() - started < 0.5
+    assert slots.free == 0 and not slots._waiters
+
+
+def test_connection_slots_hold_under_contention() -> None:
+    # While nobody waits, slots are taken and given back without the lock; a thread that
+    # queues looks for a slot again once queued. Under heavy switching: never more holders
+    # than slots, no thread left waiting while a slot is free, and every slot comes back.
+    slots = _Slots(2)
+    state = {"holders": 0, "most": 0}
+    lock = threading.Lock()
+    answers: list[bool | None] = []
+
+    def work() -> None:
+        for _ in range(300):
+            taken = slots.acquire(2.0)
+            answers.append(taken)
+            if taken is False:
+                return  # the test fails: no need to wait out more timeouts
+            with lock:
+                state["holders"] += 1
+                state["most"] = max(state["most"], state["holders"])
+            time.sleep(0)
+            with lock:
+                state["holders"] -= 1
+            slots.release()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert False not in answers  # nobody waited out the timeout
+    assert None in answers  # the slow path (queueing, handing over) was taken
+    assert state["most"] <= 2
+    assert slots.free == 2  # none lost, none made up
+
+
 def test_a_call_that_waited_behind_a_failed_one_fails_without_being_sent(
     redis_server_private: RedisServer,
 ) -> None:
@@ -634,7 +704,7 @@ def test_a_call_that_waited_behind_a_failed_one_fails_without_being_sent(
         time.sleep(0.1)  # the pause is in force
         a = threading.Thread(target=call, args=("a",))
         a.start()
-        wait_for(lambda: storage._slots._free == 0)
+        wait_for(lambda: storage._slots.free == 0)
         b = threading.Thread(target=call, args=("b",))
         b.start()
         wait_for(lambda: storage._slots._waiters)

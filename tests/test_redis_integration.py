@@ -109,16 +109,20 @@ def test_exact_admissions_across_four_worker_processes(uvicorn_app: str) -> None
     limits = httpx2.Limits(max_connections=32, max_keepalive_connections=0)
     with httpx2.Client(timeout=20.0, limits=limits) as client:
 
-        def one(_: int) -> tuple[int, str, str | None]:
+        def one(_: int) -> tuple[int, str | None, str | None]:
             response = client.get(f"{uvicorn_app}/limited")
-            return response.status_code, response.text, response.headers.get("Retry-After")
+            headers = response.headers
+            return response.status_code, headers.get("X-Worker"), headers.get("Retry-After")
 
         with ThreadPoolExecutor(max_workers=32) as pool:
             results = list(pool.map(one, range(REQUESTS)))
     statuses = Counter(status for status, _, _ in results)
     assert statuses == {200: LIMIT, 429: REQUESTS - LIMIT}
-    workers = {text for status, text, _ in results if status == 200}
-    assert len(workers) >= 2, "every admitted request was served by one worker"
+    # Which worker admitted or refused: one process may serve all 50 admissions on a busy
+    # machine, but the decisions must have been taken in several, on one shared count.
+    workers = {worker for _, worker, _ in results}
+    assert None not in workers
+    assert len(workers) >= 2, "every request was served by one worker"
     retry_after = [int(value) for status, _, value in results if status == 429 and value]
     assert len(retry_after) == REQUESTS - LIMIT
     assert all(1 <= value <= 60 for value in retry_after)

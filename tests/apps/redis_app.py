@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ratemw import Limiter, RateLimitMiddleware
 
@@ -36,5 +37,22 @@ async def health(request: Request) -> PlainTextResponse:
     return PlainTextResponse(str(os.getpid()))
 
 
+class WorkerHeader:
+    """Names the worker process on every response, 429s included (``X-Worker: <pid>``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.pid = str(os.getpid()).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-worker", self.pid)]
+            await send(message)
+
+        await self.app(scope, receive, send_named)
+
+
 app = Starlette(routes=[Route("/limited", limited), Route("/health", health)])
 app.add_middleware(RateLimitMiddleware, limiter=limiter)
+app.add_middleware(WorkerHeader)

@@ -68,6 +68,7 @@ def _header_modes(headers: Any) -> tuple[str, ...]:
 # in use (see Limiter.watch_plans). The storage, strategy and key prefix may not.
 _PLANNED = frozenset({
     "key", "shadow", "header_modes", "metrics", "on_breach", "on_near_limit", "on_storage_error",
+    "default_groups", "application_groups", "rules",
 })
 
 
@@ -222,21 +223,25 @@ class Limiter:
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         if name in _PLANNED and "_plan_caches" in self.__dict__:
-            # Plans and kept hits were compiled from the old value: forget them. A plan
-            # compiled meanwhile carries the old generation, so it is not kept either.
-            self.plan_generation += 1
-            self.batches.kept.clear()
-            for ref in list(self._plan_caches):
-                cache = ref()
-                if cache is not None:
-                    cache.forget_plans()
+            self._plans_changed()
+
+    def _plans_changed(self) -> None:
+        # Plans and kept hits were compiled from what changed: forget them. A plan compiled
+        # meanwhile carries the old generation, so it is not kept either.
+        self.plan_generation += 1
+        self.batches.kept.clear()
+        for ref in list(self._plan_caches):
+            cache = ref()
+            if cache is not None:
+                cache.forget_plans()
 
     def watch_plans(self, cache: Any) -> None:
         """Have ``cache.forget_plans()`` called when a setting its plans depend on changes.
 
         Plans (and callers' kept hits) are compiled from the limiter's key, shadow flag,
-        header modes, hooks and metrics: setting any of these on a limiter in use makes the
-        middlewares plan again. A cache keeps a plan only if ``plan.generation`` is still
+        header modes, hooks, metrics, rules, default and application limits, and its route
+        decorators: setting any of these (or decorating a route) on a limiter in use makes
+        the middlewares plan again. A cache keeps a plan only if ``plan.generation`` is still
         ``limiter.plan_generation``.
         """
         alive = [ref for ref in self._plan_caches if ref() is not None]
@@ -271,6 +276,7 @@ class Limiter:
     def _register(self, groups: tuple[LimitGroup, ...]) -> Callable[[F], F]:
         def decorator(endpoint: F) -> F:
             self._endpoint_groups[endpoint] = self._endpoint_groups.get(endpoint, ()) + groups
+            self._plans_changed()  # a route served before it was decorated is planned again
             return endpoint
 
         return decorator
@@ -379,6 +385,7 @@ class Limiter:
     def exempt(self, endpoint: F) -> F:
         """Exempt a route from every limit (defaults, application limits and rules included)."""
         self._exempt.add(endpoint)
+        self._plans_changed()
         return endpoint
 
     # -- planning -----------------------------------------------------------------------------

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 import ratemw._drivers as drivers
-from ratemw import Limiter, keys
+from ratemw import Limiter, Rule, keys
 from ratemw._core import MAX_KEY_LENGTH, KeptBatches, Outcome, evaluate
 from ratemw._drivers import decide_request, run
 from ratemw._plans import Plan
@@ -248,6 +250,34 @@ def test_a_setting_changed_on_a_limiter_in_use_is_planned_again() -> None:
     assert client.get("/").status_code == 429
     assert len(seen) == 1 and isinstance(seen[0], Request)
     assert seen[0].headers["host"] == "testserver"
+
+
+def test_limits_declared_on_a_limiter_in_use_are_planned_again() -> None:
+    # A route served before its limits were declared (decorated late, rules or defaults set
+    # on the limiter) is planned again: the new limits apply from the next request.
+    limiter = Limiter(clock=FakeClock())
+
+    async def late(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    client = make_client(limiter, routes=[Route("/", late)])
+    assert [client.get("/").status_code for _ in range(3)] == [200] * 3  # no limit yet
+    limiter.limit("2/minute")(late)
+    assert [client.get("/").status_code for _ in range(3)] == [200, 200, 429]
+    limiter.exempt(late)
+    assert client.get("/").status_code == 200
+
+    other = Limiter(clock=FakeClock())
+    client = make_client(other)
+    assert [client.get("/").status_code for _ in range(3)] == [200] * 3
+    other.rules = other.check_rules([Rule("/", "1/minute")])
+    assert [client.get("/").status_code for _ in range(2)] == [200, 429]
+
+    defaults = Limiter(clock=FakeClock())
+    client = make_client(defaults)
+    assert client.get("/").status_code == 200
+    defaults.default_groups = Limiter(default_limits="1/minute").default_groups
+    assert [client.get("/").status_code for _ in range(2)] == [200, 429]
 
 
 def test_paths_of_one_route_share_their_callers_kept_hits() -> None:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 from http_sfv import List
@@ -66,3 +68,49 @@ def parse_sf_list(value: str) -> list[tuple[Any, dict[str, Any]]]:
     parsed = List()
     parsed.parse(value.encode("ascii"))
     return [(item.value, dict(item.params)) for item in parsed]
+
+
+# -- WSGI ---------------------------------------------------------------------------------------
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+@dataclass
+class Result:
+    """A WSGI response: status, headers, the joined body, and every start_response call."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    calls: list[tuple[str, list[tuple[str, str]], Any]] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return values[-1] if values else None
+
+
+def environ_for(path: str = "/", method: str = "GET", **extra: Any) -> dict[str, Any]:
+    environ: dict[str, Any] = {"REMOTE_ADDR": "192.0.2.1", "REMOTE_PORT": "50000"}
+    environ.update(PATH_INFO=path, REQUEST_METHOD=method)
+    setup_testing_defaults(environ)
+    environ.update(extra)
+    return environ
+
+
+def call(app: WSGIApp, path: str = "/", method: str = "GET", **extra: Any) -> Result:
+    """One request, served the way a WSGI server serves it (body joined, then closed)."""
+    calls: list[tuple[str, list[tuple[str, str]], Any]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        calls.append((status, headers, exc_info))
+        return lambda data: None
+
+    result = app(environ_for(path, method, **extra), start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    status, headers, _ = calls[-1]
+    return Result(int(status.split()[0]), headers, body, calls)

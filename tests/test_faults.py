@@ -38,7 +38,7 @@ from ratemw._breaker import CircuitBreaker, CircuitOpen
 from ratemw.storage.redis import DEFAULT_OPTIONS, SCRIPT_SHA
 from ratemw.wsgi import WSGIRateLimitMiddleware
 from tests._tcp_proxy import TCPProxy
-from tests.conftest import websocket_handshake
+from tests.conftest import call, websocket_handshake
 from tests.redis_servers import (
     RedisCluster,
     RedisSentinel,
@@ -176,30 +176,11 @@ async def asgi_get(client: httpx2.AsyncClient, path: str = "/") -> Sample:
 
 
 def wsgi_get(app: Any, path: str = "/") -> Sample:
-    """One request, served the way a WSGI server serves it (body joined, then closed)."""
-    environ = {
-        "REQUEST_METHOD": "GET", "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
-        "SERVER_NAME": "test", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "192.0.2.1", "REMOTE_PORT": "50000", "wsgi.url_scheme": "http",
-    }  # fmt: skip
+    """One request, served the way a WSGI server serves it, timed."""
     started = time.monotonic()
-    seen: list[tuple[str, list[tuple[str, str]]]] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        seen.append((status, headers))
-        return lambda data: None
-
-    result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    status, headers = seen[-1]
-    return Sample(
-        started, time.monotonic(), int(status[:3]), {k.lower(): v for k, v in headers}, body
-    )
+    result = call(app, path)
+    headers = {name.lower(): value for name, value in result.headers}
+    return Sample(started, time.monotonic(), result.status, headers, result.body)
 
 
 async def asgi_load(

@@ -11,11 +11,9 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-from wsgiref.util import setup_testing_defaults
 
 import pytest
 from starlette.requests import Request
@@ -24,50 +22,9 @@ from ratemw import ConfigurationError, Limiter, RateLimitExceeded, Rule, keys
 from ratemw._endpoints import plan_route
 from ratemw.testing import FakeClock
 from ratemw.wsgi import WSGIRateLimitMiddleware, request_path, wsgi_scope
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
+from tests.conftest import WSGIApp, call, environ_for
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-@dataclass
-class Result:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    calls: list[tuple[str, list[tuple[str, str]], Any]] = field(default_factory=list)
-
-    def header(self, name: str) -> str | None:
-        values = [v for k, v in self.headers if k.lower() == name.lower()]
-        return values[-1] if values else None
-
-
-def environ_for(path: str = "/", method: str = "GET", **extra: Any) -> dict[str, Any]:
-    environ: dict[str, Any] = {"REMOTE_ADDR": "192.0.2.1", "REMOTE_PORT": "50000"}
-    environ.update(PATH_INFO=path, REQUEST_METHOD=method)
-    setup_testing_defaults(environ)
-    environ.update(extra)
-    return environ
-
-
-def call(app: WSGIApp, path: str = "/", method: str = "GET", **extra: Any) -> Result:
-    """One request, served the way a WSGI server serves it (body joined, then closed)."""
-    calls: list[tuple[str, list[tuple[str, str]], Any]] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        calls.append((status, headers, exc_info))
-        return lambda data: None
-
-    result = app(environ_for(path, method, **extra), start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    status, headers, _ = calls[-1]
-    return Result(int(status.split()[0]), headers, body, calls)
 
 
 def statuses(app: WSGIApp, path: str = "/", n: int = 1, **extra: Any) -> list[int]:

@@ -72,7 +72,11 @@ class CircuitBreaker:
         return self.open_until > self.clock()
 
     def before(self) -> None:
-        """Raise ``CircuitOpen`` instead of letting a request wait on a failing storage."""
+        """Raise ``CircuitOpen`` instead of letting a request wait on a failing storage.
+
+        Nothing to do while ``open_until`` is 0 (the breaker is closed): the drivers check
+        that first and skip the call.
+        """
         if not self.open_until:
             return
         now = self.clock()

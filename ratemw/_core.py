@@ -145,12 +145,8 @@ class KeptBatches:
         """The caller's batch: kept under ``(plan.batch_id, *identities)``, built if not."""
         cache_key = (plan.batch_id, *identities)
         batch = self.kept.get(cache_key)
-        return batch if batch is not None else self.build(limiter, plan, identities, cache_key)
-
-    def build(
-        self, limiter: Limiter, plan: Plan, identities: list[str], cache_key: tuple[Any, ...]
-    ) -> Batch:
-        """Build the caller's batch, and keep it under ``cache_key`` if it may be kept."""
+        if batch is not None:
+            return batch
         batch = Batch()
         prefix = limiter.key_head
         for (_, slots, cost, enforce), identity in zip(plan.used, identities, strict=True):
@@ -159,12 +155,12 @@ class KeptBatches:
                 _hit(limiter, prefix + digest + slot.key_tail, slot.quota, cost, enforce)
                 for slot in slots
             )
-        if plan.generation == limiter.plan_generation and all(
-            len(identity) <= MAX_KEY_LENGTH for identity in identities
-        ):
+        if all(len(identity) <= MAX_KEY_LENGTH for identity in identities):
             if len(self.kept) >= self.size:
                 self.kept.clear()
             self.kept[cache_key] = batch
+            if plan.generation != limiter.plan_generation:  # settings changed: not kept
+                self.kept.pop(cache_key, None)
         return batch
 
 
@@ -216,10 +212,7 @@ def instant_hits(limiter: Limiter, plan: Plan, request: Any) -> Batch:
         except Exception as error:
             identity = _key_failed(limiter, key, request, error)
         identities.append(identity)
-    batches = limiter.batches
-    cache_key = (plan.batch_id, *identities)
-    batch = batches.kept.get(cache_key)
-    return batch if batch is not None else batches.build(limiter, plan, identities, cache_key)
+    return limiter.batches.get(limiter, plan, identities)
 
 
 def fast_outcome(limiter: Limiter, plan: Plan, result: Any) -> Outcome | None:
@@ -235,30 +228,18 @@ def fast_outcome(limiter: Limiter, plan: Plan, result: Any) -> Outcome | None:
             if not usage.fits:
                 return None
         return PASS
-    if len(result) == 1:  # one limit: the common case, without a loop or a join
-        usage = result[0]
+    state = ""
+    for head, usage in zip(plan.state_heads, result):  # noqa: B905 - one usage per slot
         if not usage.fits:
             return None
-        remaining, reset = usage.remaining, usage.reset_ms  # as _state does, without a call
-        state = (f"{plan.state_heads[0]}{remaining if remaining > 0 else 0};"
-                 f"t={-(-reset // 1000) if reset > 0 else 0}")
-    else:
-        states = []
-        for head, usage in zip(plan.state_heads, result):  # noqa: B905 - one usage per slot
-            if not usage.fits:
-                return None
-            states.append(_state(head, usage.remaining, usage.reset_ms))
-        state = ", ".join(states)
+        remaining, reset = usage.remaining, usage.reset_ms
+        seconds = -(-reset // 1000) if reset > 0 else 0  # rounded up
+        item = f"{head}{remaining if remaining > 0 else 0};t={seconds}"
+        state = f"{state}, {item}" if state else item  # one limit, nearly always: no join
     # Built without __init__: this runs for nearly every request.
     outcome: Outcome = _new(Outcome)
     outcome.headers = [plan.policy_field, ("RateLimit", state)]
     return outcome
-
-
-def _state(head: str, remaining: int, reset_ms: int) -> str:
-    """One quota's item of the ``RateLimit`` header: remaining, and the reset rounded up."""
-    seconds = -(-reset_ms // 1000) if reset_ms > 0 else 0
-    return f"{head}{remaining if remaining > 0 else 0};t={seconds}"
 
 
 def conclude(

@@ -48,7 +48,8 @@ class Planner:
     Example::
 
         planner = Planner(limiter, rules)
-        plan = planner.plan((method, path), path, method, routes, environ)
+        cache_key = (method, environ.get("HTTP_HOST", ""), path)  # what routing depends on
+        plan = planner.plan(cache_key, path, method, routes, environ)
     """
 
     def __init__(self, limiter: Limiter, rules: tuple[Rule, ...]) -> None:
@@ -69,15 +70,21 @@ class Planner:
         resolve: Callable[..., tuple[Any, str | None]],
         *args: Any,
     ) -> Plan:
-        """The plan cached under ``cache_key``; on a miss ``resolve(*args)`` finds the route:
-        ``(endpoint, template)``."""
+        """The plan cached under ``cache_key``, planned on a miss.
+
+        On a miss ``resolve(*args)`` finds the route: ``(endpoint, template)``.
+        """
         plan = self.plans.get(cache_key)
         if plan is None:
             endpoint, template = resolve(*args)
             plan = plan_route(self.limiter, endpoint, template, path, method, self.rules)
-            if not cacheable(cache_key) or plan.generation != self.limiter.plan_generation:
+            if not cacheable(cache_key):
                 return plan
             if len(self.plans) >= _PLAN_CACHE_SIZE:
                 self.plans.clear()
             self.plans[cache_key] = plan
+            # Checked once stored: a change before this point is seen here, one after it
+            # clears the cache (Limiter.watch_plans).
+            if plan.generation != self.limiter.plan_generation:
+                self.plans.pop(cache_key, None)
         return plan

@@ -67,7 +67,7 @@ def request_path(environ: WSGIEnvironment) -> str:
     ``detail`` read the same under WSGI and ASGI.
     """
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    return (path if path.isascii() else _decode(path)) or "/"
+    return (path if path.isascii() else _decode(path)) or "/"  # ASCII, nearly always
 
 
 class _Scope(dict[str, Any]):

@@ -221,6 +221,8 @@ class Limiter:
         self._plan_caches: list[weakref.ref[Any]] = []  # appended and copied atomically
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name == "rules":  # validated however they are set, as a tuple
+            value = self.check_rules(value)
         super().__setattr__(name, value)
         if name in _PLANNED and "_plan_caches" in self.__dict__:
             self._plans_changed()
@@ -404,10 +406,13 @@ class Limiter:
         decorators, the class behind an ``as_view()`` function) and on a class's method
         handler. Defaults apply when none of the route's own limits covers ``method``.
         """
+        # Read first: a plan compiled while a declaration or setting changes must carry the
+        # generation before the change, so that no cache keeps it.
+        generation = self.plan_generation
         template = template or NO_ROUTE
         targets = _declaration_targets(endpoint, method)
         if any(target in self._exempt for target in targets):
-            return Plan(template, (), generation=self.plan_generation)
+            return Plan(template, (), generation=generation)
         own = [g for target in targets for g in self._endpoint_groups.get(target, ())]
         own.extend(rule_groups(self.rules + extra_rules, path))
         own = [g for g in own if g.applies_to(method)]
@@ -415,7 +420,7 @@ class Limiter:
         if not own or any(not g.override_defaults for g in own):
             groups = groups + list(self.default_groups)
         groups.extend(self.application_groups)
-        return compile_plan(self, template, groups, method)
+        return compile_plan(self, template, groups, method, generation)
 
     @property
     def has_hooks(self) -> bool:

@@ -144,7 +144,7 @@ def unique_name(group: LimitGroup, quota: Quota, taken: set[str]) -> str:
 
 
 def compile_plan(
-    limiter: Limiter, template: str, groups: list[LimitGroup], method: str
+    limiter: Limiter, template: str, groups: list[LimitGroup], method: str, generation: int
 ) -> Plan:
     entries: list[Entry] = []
     names: set[str] = set()
@@ -194,7 +194,7 @@ def compile_plan(
         used=used,
         keys=tuple(entry.group.key or limiter.key for entry in entries) if fast else (),
         batch_id=_batch_id(signature) if fast else 0,
-        generation=limiter.plan_generation,
+        generation=generation,
     )
 
 

@@ -98,11 +98,13 @@ class RateLimitMiddleware:
             plan = self.limiter.plan(endpoint, template, path, method, self.rules)
             if not cacheable(cache_key):  # a caller's invention must not fill the cache
                 return plan
-            if plan.generation != self.limiter.plan_generation:  # settings changed meanwhile
-                return plan
             if len(self._plans) >= _PLAN_CACHE_SIZE:
                 self._plans.clear()
             self._plans[cache_key] = plan
+            # Checked once stored: a change before this point is seen here, one after it
+            # clears the cache (Limiter.watch_plans).
+            if plan.generation != self.limiter.plan_generation:
+                self._plans.pop(cache_key, None)
         return plan
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -176,9 +176,7 @@ class WSGIRateLimitMiddleware:
         if not limiter.enabled:
             return self.app(environ, start_response)
         method = environ.get("REQUEST_METHOD", "GET").upper()
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        if not path or not path.isascii():
-            path = request_path(environ)
+        path = request_path(environ)
         # Routing may depend on the host (Flask subdomains, host matching), so it is part of
         # the key; the path is the decoded one, so equivalent spellings share an entry.
         routes = self.routes
@@ -186,8 +184,10 @@ class WSGIRateLimitMiddleware:
         cache_key = (method, host, path)
         plan = self._planner.plans.get(cache_key)
         if plan is None:
-            resolve = (_no_route,) if routes is None else (routes, environ)
-            plan = self._planner.plan(cache_key, path, method, *resolve)
+            if routes is None:
+                plan = self._planner.plan(cache_key, path, method, _no_route)
+            else:
+                plan = self._planner.plan(cache_key, path, method, routes, environ)
         if not plan.entries:
             return self.app(environ, start_response)
         scope = wsgi_scope(environ, method, path)

@@ -7,6 +7,7 @@ contract); these tests pin down what the fast lane keeps and what it must not.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,14 +16,14 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import ratemw._drivers as drivers
-from ratemw import Limiter, Rule, keys
+from ratemw import ConfigurationError, Limiter, Rule, keys
 from ratemw._core import MAX_KEY_LENGTH, KeptBatches, Outcome, evaluate
 from ratemw._drivers import decide_request, run
 from ratemw._plans import Plan
 from ratemw.keys import ScopeHolder
 from ratemw.storage._base import Batch
 from ratemw.testing import FakeClock
-from tests.conftest import make_client
+from tests.conftest import call, make_client
 
 
 def request(client: str = "203.0.113.7", api_key: str | None = None) -> ScopeHolder:
@@ -208,16 +209,17 @@ def test_instant_plans_decide_without_the_generator(monkeypatch: pytest.MonkeyPa
     assert driven == [general]
 
 
-def test_the_instant_lane_answers_as_the_general_path_does() -> None:
+@pytest.mark.parametrize("limit", ["3/minute", "3/minute;5/hour"])
+def test_the_instant_lane_answers_as_the_general_path_does(limit: str) -> None:
     # Two limiters on one clock and one route: one decided by the lane, the other by the
     # general path (an on_near_limit hook makes its plans neither fast nor instant: its
     # headers come from a Decision, its refusals from the same code as always). Same
-    # outcomes, request after request.
+    # outcomes, request after request, with one limit and with two.
     clock = FakeClock()
     limiter = Limiter(clock=clock)
-    lane = planned(limiter, limit="3/minute;5/hour")
+    lane = planned(limiter, limit=limit)
     other = Limiter(clock=clock, on_near_limit=lambda request, decision: None)
-    general = planned(other, limit="3/minute;5/hour")
+    general = planned(other, limit=limit)
     assert lane.instant and not general.fast
     for step in range(8):
         ours = decide_request(limiter, lane, request(), "GET", "/r")
@@ -227,7 +229,7 @@ def test_the_instant_lane_answers_as_the_general_path_does() -> None:
         if ours.exceeded is not None and theirs.exceeded is not None:
             assert ours.exceeded.retry_after == theirs.exceeded.retry_after
             assert ours.exceeded.detail == theirs.exceeded.detail
-        clock.advance(7)
+        clock.advance(7.3)  # off the second: resets are rounded up alike
 
 
 # -- plans follow the limiter's settings ---------------------------------------------------------
@@ -252,32 +254,71 @@ def test_a_setting_changed_on_a_limiter_in_use_is_planned_again() -> None:
     assert seen[0].headers["host"] == "testserver"
 
 
-def test_limits_declared_on_a_limiter_in_use_are_planned_again() -> None:
-    # A route served before its limits were declared (decorated late, rules or defaults set
-    # on the limiter) is planned again: the new limits apply from the next request.
-    limiter = Limiter(clock=FakeClock())
+def late_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
 
-    async def late(request: Request) -> PlainTextResponse:
+
+def serve(adapter: str, limiter: Limiter, view: Any) -> Callable[[], int]:
+    """One route ("/") on ``view`` behind the adapter: a function answering a request's status."""
+    if adapter == "asgi":
+        client = make_client(limiter, routes=[Route("/", view)])
+        return lambda: client.get("/").status_code
+    from ratemw.wsgi import WSGIRateLimitMiddleware
+
+    app = WSGIRateLimitMiddleware(late_wsgi, limiter=limiter, routes=lambda environ: (view, "/"))
+    return lambda: call(app, "/").status
+
+
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
+def test_limits_declared_on_a_limiter_in_use_are_planned_again(adapter: str) -> None:
+    # A route served before its limits were declared (decorated late, rules set on the
+    # limiter) is planned again: the new limits apply from the next request.
+    def view(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
-    client = make_client(limiter, routes=[Route("/", late)])
-    assert [client.get("/").status_code for _ in range(3)] == [200] * 3  # no limit yet
-    limiter.limit("2/minute")(late)
-    assert [client.get("/").status_code for _ in range(3)] == [200, 200, 429]
-    limiter.exempt(late)
-    assert client.get("/").status_code == 200
+    limiter = Limiter(clock=FakeClock())
+    status = serve(adapter, limiter, view)
+    assert [status() for _ in range(3)] == [200] * 3  # no limit yet
+    limiter.limit("2/minute")(view)
+    assert [status() for _ in range(3)] == [200, 200, 429]
+    limiter.exempt(view)
+    assert status() == 200
 
     other = Limiter(clock=FakeClock())
-    client = make_client(other)
-    assert [client.get("/").status_code for _ in range(3)] == [200] * 3
-    other.rules = other.check_rules([Rule("/", "1/minute")])
-    assert [client.get("/").status_code for _ in range(2)] == [200, 429]
+    status = serve(adapter, other, view)
+    assert [status() for _ in range(3)] == [200] * 3
+    rule = Rule("/", "1/minute")
+    other.rules = [rule]  # checked, and kept as a tuple
+    assert other.rules == (rule,)
+    assert [status() for _ in range(2)] == [200, 429]
+    with pytest.raises(ConfigurationError, match="Rule"):
+        other.rules = ["/ 1/minute"]
 
-    defaults = Limiter(clock=FakeClock())
-    client = make_client(defaults)
-    assert client.get("/").status_code == 200
-    defaults.default_groups = Limiter(default_limits="1/minute").default_groups
-    assert [client.get("/").status_code for _ in range(2)] == [200, 429]
+
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
+def test_a_route_decorated_while_it_is_planned_is_planned_again(
+    adapter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another thread declares the route's limit after the limiter has read its declarations
+    # and before the plan is compiled: that plan (no limits) serves its own request, but is
+    # not kept, so the next request sees the limit.
+    import ratemw._limiter as limiter_module
+
+    def view(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    limiter = Limiter(clock=FakeClock())
+    status = serve(adapter, limiter, view)
+    compile_plan = limiter_module.compile_plan
+
+    def declare_then_compile(*args: Any) -> Plan:
+        monkeypatch.setattr(limiter_module, "compile_plan", compile_plan)
+        limiter.limit("1/minute")(view)
+        return compile_plan(*args)
+
+    monkeypatch.setattr(limiter_module, "compile_plan", declare_then_compile)
+    assert [status() for _ in range(3)] == [200, 200, 429]
 
 
 def test_paths_of_one_route_share_their_callers_kept_hits() -> None:

@@ -40,7 +40,8 @@ def plan_route(
 
 
 class Planner:
-    """Plans by request, cached: route resolution runs once per distinct request line.
+    """Plans by request, cached: route resolution runs once per distinct request line. Every
+    adapter (ASGI, WSGI, Django) keeps its plans in one.
 
     A request line with a part longer than ``MAX_CACHED_PATH`` characters (a path, a
     ``Host`` header, a made-up method) is planned afresh each time rather than kept.

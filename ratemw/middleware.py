@@ -12,15 +12,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ratemw._core import Outcome, Plan, ResponseInfo, settle
 from ratemw._drivers import adecide_request, arun
+from ratemw._endpoints import Planner
 from ratemw._exceptions import ConfigurationError, RateLimitExceeded
 from ratemw._limiter import Limiter
-from ratemw._plans import cacheable
 from ratemw._responses import encode_headers, exceeded_response, unavailable_response
 from ratemw._routing import resolve
 from ratemw._rules import Rule
 from ratemw.keys import ScopeHolder
 
-_PLAN_CACHE_SIZE = 4096
 _POLICY_VIOLATION = 1008
 
 ExceededHandler = Callable[[Any, RateLimitExceeded], Any]
@@ -63,13 +62,8 @@ class RateLimitMiddleware:
         self.limiter = limiter
         self.rules = limiter.check_rules(rules)
         self.handler = handler
-        self._plans: dict[tuple[str, str, str, str], Plan] = {}
+        self._planner = Planner(limiter, self.rules)
         self._documented = False
-        limiter.watch_plans(self)
-
-    def forget_plans(self) -> None:
-        """Plan every route again (the limiter's settings changed)."""
-        self._plans.clear()
 
     def _document(self, app: Any) -> None:
         """Document the limits in a FastAPI app's OpenAPI schema, before it is first built."""
@@ -90,22 +84,16 @@ class RateLimitMiddleware:
 
     def _plan(self, scope: Scope, method: str, path: str) -> Plan:
         cache_key = (scope["type"], method, scope.get("root_path", ""), path)
-        plan = self._plans.get(cache_key)
+        plan = self._planner.plans.get(cache_key)
         if plan is None:
-            if not self._documented:
-                self._document(scope.get("app"))
-            endpoint, template = resolve(scope.get("app") or self.app, dict(scope))
-            plan = self.limiter.plan(endpoint, template, path, method, self.rules)
-            if not cacheable(cache_key):  # a caller's invention must not fill the cache
-                return plan
-            if len(self._plans) >= _PLAN_CACHE_SIZE:
-                self._plans.clear()
-            self._plans[cache_key] = plan
-            # Checked once stored: a change before this point is seen here, one after it
-            # clears the cache (Limiter.watch_plans).
-            if plan.generation != self.limiter.plan_generation:
-                self._plans.pop(cache_key, None)
+            plan = self._planner.plan(cache_key, path, method, self._route, scope)
         return plan
+
+    def _route(self, scope: Scope) -> tuple[Any, str | None]:
+        """The endpoint and route template a request will reach (a plan cache miss)."""
+        if not self._documented:
+            self._document(scope.get("app"))
+        return resolve(scope.get("app") or self.app, dict(scope))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]

@@ -309,7 +309,8 @@ def test_plans_for_overlong_paths_are_computed_but_not_cached(clock: FakeClock) 
     client = TestClient(middleware)
     longest, overlong = "/f/" + "a" * 509, "/f/" + "b" * 510  # 512 and 513 characters
     assert [client.get(p).status_code for p in (longest, overlong, overlong)] == [200, 200, 429]
-    assert [len(path) for *_, path in middleware._plans] == [512]  # still one route's bucket
+    plans = middleware._planner.plans
+    assert [len(path) for *_, path in plans] == [512]  # still one route's bucket
 
 
 def test_shared_limit_spans_routes(clock: FakeClock) -> None:

@@ -88,14 +88,19 @@ def _import_object(dotted: str) -> Any:
     return obj
 
 
-def import_callable(where: Where, key: str, value: Any) -> Any:
-    """The function ``value`` names by import path (a hook, a cost, a key function)."""
+def _imported(where: Where, key: str, value: Any, expected: str) -> Any:
+    """The object the import path ``value`` names; a setting's error if it names none."""
     if not isinstance(value, str):
-        raise bad(where, key, value, "an import path such as 'myapp.hooks:on_breach'")
+        raise bad(where, key, value, expected)
     try:
-        obj = _import_object(value)
+        return _import_object(value)
     except ValueError as exc:
         raise where.error(key, f"{value!r}: {exc}") from None
+
+
+def import_callable(where: Where, key: str, value: Any) -> Any:
+    """The function ``value`` names by import path (a hook, a cost, a key function)."""
+    obj = _imported(where, key, value, "an import path such as 'myapp.hooks:on_breach'")
     if inspect.isclass(obj) or not callable(obj):
         raise where.error(key, f"{value!r} names {obj!r}, which is not a function")
     return obj
@@ -147,12 +152,7 @@ def _metrics(where: Where, key: str, value: Any) -> Any:
             return PrometheusMetrics()
         except (ImportError, ConfigurationError) as exc:
             raise where.error(key, str(exc)) from None
-    if not isinstance(value, str):
-        raise bad(where, key, value, "'prometheus' or an import path of a metrics object")
-    try:
-        obj = _import_object(value)
-    except ValueError as exc:
-        raise where.error(key, f"{value!r}: {exc}") from None
+    obj = _imported(where, key, value, "'prometheus' or an import path of a metrics object")
     if not (hasattr(obj, "observe") and hasattr(obj, "storage_error")) or inspect.isclass(obj):
         raise where.error(
             key, f"{value!r} names {obj!r}, not an object with observe() and storage_error()"

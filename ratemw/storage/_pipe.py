@@ -34,16 +34,13 @@ from typing import Any
 import redis
 
 from ratemw.storage._resp import (
+    Endpoint,
     check_handshake,
     eval_command,
     evalsha_command,
-    handshake,
     lost_script,
     new_reader,
-    pack,
     script_result,
-    tls_context,
-    where,
 )
 
 
@@ -162,7 +159,7 @@ async def _keep(connection: _Connection) -> AsyncGenerator[None, None]:
             connection.transport.abort()
 
 
-class AsyncPipe:
+class AsyncPipe(Endpoint):
     """Script calls to one server over one pipelined connection per event loop.
 
     Args:
@@ -172,17 +169,9 @@ class AsyncPipe:
     """
 
     def __init__(self, address: tuple[str, int] | str, options: dict[str, Any], tls: bool) -> None:
-        self.address = address
-        self.timeout: float = options["socket_timeout"]
-        self.connect_timeout: float = options["socket_connect_timeout"]
-        self._handshake = [pack(command) for command in handshake(options)]
-        self._tls = tls_context(options) if tls else None
+        super().__init__(address, options, tls)
         self._connection: _Connection | None = None
         self._opening: asyncio.Task[_Connection] | None = None
-
-    @property
-    def where(self) -> str:
-        return where(self.address)
 
     async def script(
         self,

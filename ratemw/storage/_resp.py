@@ -190,3 +190,16 @@ def check_handshake(replies: Sequence[Any]) -> None:
 def where(address: tuple[str, int] | str) -> str:
     """``host:port``, or the socket path (for messages)."""
     return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+
+
+class Endpoint:
+    """What both pipes (blocking and async) take from the storage's options: the address,
+    the timeouts, the handshake to send on a new connection, and the TLS context."""
+
+    def __init__(self, address: tuple[str, int] | str, options: dict[str, Any], tls: bool) -> None:
+        self.address = address
+        self.where = where(address)
+        self.timeout: float = options["socket_timeout"]
+        self.connect_timeout: float = options["socket_connect_timeout"]
+        self._handshake = [pack(command) for command in handshake(options)]
+        self._tls = tls_context(options) if tls else None

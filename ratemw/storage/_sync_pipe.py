@@ -26,16 +26,13 @@ from typing import Any
 import redis
 
 from ratemw.storage._resp import (
+    Endpoint,
     check_handshake,
     eval_command,
     evalsha_command,
-    handshake,
     lost_script,
     new_reader,
-    pack,
     script_result,
-    tls_context,
-    where,
 )
 
 _READ_SIZE = 65536
@@ -81,7 +78,7 @@ class _Link:
             self.sock.close()
 
 
-class Pipe:
+class Pipe(Endpoint):
     """Script calls to one server over blocking connections, one call per connection at a time.
 
     Args:
@@ -91,12 +88,7 @@ class Pipe:
     """
 
     def __init__(self, address: tuple[str, int] | str, options: dict[str, Any], tls: bool) -> None:
-        self.address = address
-        self.where = where(address)
-        self.timeout: float = options["socket_timeout"]
-        self.connect_timeout: float = options["socket_connect_timeout"]
-        self._handshake = [pack(command) for command in handshake(options)]
-        self._tls = tls_context(options) if tls else None
+        super().__init__(address, options, tls)
         self._idle: deque[_Link] = deque()  # append and pop are atomic: no lock needed
         self._pid = os.getpid()
 

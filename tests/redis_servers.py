@@ -1244,16 +1244,21 @@ class RedisSentinel:
 # --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A standalone Redis shared by the whole session."""
+def _running(name: str, **options: Any) -> Iterator[RedisServer]:
+    """A fixture's body: start a server, yield it, and stop it however the test ends."""
     require_redis_binaries("redis-server")
-    server = RedisServer(name="standalone")
+    server = RedisServer(name=name, **options)
     try:
         server.start()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A standalone Redis shared by the whole session."""
+    yield from _running("standalone")
 
 
 @pytest.fixture(scope="session")
@@ -1313,13 +1318,7 @@ def redis_sentinel_clean(redis_sentinel: RedisSentinel) -> RedisSentinel:
 @pytest.fixture
 def redis_server_private() -> Iterator[RedisServer]:
     """A fresh standalone server for this test only (kill/restart/pause it)."""
-    require_redis_binaries("redis-server")
-    server = RedisServer(name="private")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from _running("private")
 
 
 @pytest.fixture(scope="session")
@@ -1331,22 +1330,10 @@ def redis_tls_files() -> TLSFiles:
 @pytest.fixture(scope="session")
 def redis_tls_server(redis_tls_files: TLSFiles) -> Iterator[RedisServer]:
     """A standalone Redis that speaks only TLS; clients need no certificate."""
-    require_redis_binaries("redis-server")
-    server = RedisServer(name="tls", tls=redis_tls_files)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from _running("tls", tls=redis_tls_files)
 
 
 @pytest.fixture(scope="session")
 def redis_tls_server_mutual(redis_tls_files: TLSFiles) -> Iterator[RedisServer]:
     """A standalone Redis that speaks only TLS, to clients with a certificate of its CA."""
-    require_redis_binaries("redis-server")
-    server = RedisServer(name="tls-mutual", tls=redis_tls_files, tls_auth_clients=True)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from _running("tls-mutual", tls=redis_tls_files, tls_auth_clients=True)

@@ -19,6 +19,7 @@ from ratemw._exceptions import (
     ConfigurationError,
     RateLimitExceeded,
     RatemwError,
+    StorageCallError,
     StorageError,
 )
 from ratemw._limiter import Limiter
@@ -37,6 +38,7 @@ __all__ = [
     "RateLimitMiddleware",
     "RatemwError",
     "Rule",
+    "StorageCallError",
     "StorageError",
     "WSGIRateLimitMiddleware",
     "keys",

@@ -38,7 +38,7 @@ def find(path: str | os.PathLike[str] | None) -> Path:
                 return candidate
         elif candidate.is_file():
             return candidate
-    where = "the current directory" if path is None else str(folder)
+    where = str(folder.resolve()) + (" (the current directory)" if path is None else "")
     raise ConfigurationError(
         f"no ratemw configuration in {where}: expected a ratemw.toml, or a [tool.ratemw] "
         "table in pyproject.toml"

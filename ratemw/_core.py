@@ -9,7 +9,6 @@ sync storage. The adapters translate between their protocol and this core; they 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import itertools
@@ -20,12 +19,33 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ratemw._decision import Decision, decide, rate_limit_headers, sf_string
-from ratemw._exceptions import StorageError
-from ratemw._groups import LimitGroup
+from ratemw._exceptions import ConfigurationError, StorageCallError, StorageError
+from ratemw._groups import (
+    TAKES_KEY,
+    TAKES_NOTHING,
+    LimitGroup,
+    valid_cost,
+    valid_identity,
+    valid_limit,
+)
 from ratemw._plans import Entry, Plan, Slot, key_tail, storage_key, unique_name
-from ratemw._quota import Quota, parse_quotas
+from ratemw._quota import Quota, checked_quotas
 from ratemw._redact import describe_error
-from ratemw._reporting import call_hook, exceeded_for, near_limit, shadow_breach
+from ratemw._reporting import (
+    COST,
+    DEDUCT,
+    EXEMPT,
+    FILTER,
+    KEY,
+    LIMIT,
+    MESSAGE,
+    STORAGE_CALL,
+    Role,
+    call_hook,
+    exceeded_for,
+    near_limit,
+    shadow_breach,
+)
 from ratemw.keys import UNKNOWN_CLIENT, client_ip
 from ratemw.storage._base import CONCURRENCY, Batch, Hit, Usage
 
@@ -168,8 +188,41 @@ def _hit(limiter: Limiter, key: str, quota: Quota, cost: int, enforce: bool) -> 
     if quota.concurrent:
         return Hit(key, quota.amount, limiter.concurrency_timeout_ms, 1, CONCURRENCY, enforce,
                    0, f"{limiter.instance_id}:{next(_tokens)}")
+    if cost > quota.amount:
+        # A cost over the quota's capacity can never fit, however large: the storage sees
+        # the smallest such cost, and its numbers stay exact.
+        cost = min(cost, max(quota.amount, quota.burst or 0) + 1)
     return Hit(key, quota.amount, quota.window_ms, cost, limiter.strategy, enforce,
                quota.burst or 0)
+
+
+_FAILED: Any = object()  # what _ask answers for a callable that raised or returned garbage
+
+
+def _valid_bool(value: Any) -> Any:
+    return value if isinstance(value, bool) else None
+
+
+def _ask(
+    limiter: Limiter, role: Role, fn: Any, args: tuple[Any, ...], check: Callable[[Any], Any]
+) -> Generator[Any, Any, Any]:
+    """Call a user callable (sync or async): what ``check`` makes of its result, or
+    ``_FAILED`` when it raised or returned something ``check`` refuses (``None``).
+
+    The failure is logged once per incident; the caller applies the callable's rule.
+    """
+    try:
+        value = fn(*args)
+        if inspect.isawaitable(value):
+            value = yield value
+    except Exception as error:
+        limiter.failures(role, fn, error)
+        return _FAILED
+    checked = check(value)
+    if checked is None:
+        limiter.failures(role, fn, None, value)
+        return _FAILED
+    return checked
 
 
 def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str) -> Step:
@@ -185,6 +238,9 @@ def evaluate(limiter: Limiter, plan: Plan, request: Any, method: str, path: str)
         hits = limiter.batches.get(limiter, plan, identities)
         used, refundable = plan.used, []
     else:
+        for request_filter in limiter.request_filters:  # a fast plan's limiter has none
+            if (yield from _ask(limiter, FILTER, request_filter, (request,), _valid_bool)) is True:
+                return PASS
         collected = yield from _collect(limiter, plan, request)
         hits, used, refundable = collected
         if not hits:
@@ -211,6 +267,9 @@ def instant_hits(limiter: Limiter, plan: Plan, request: Any) -> Batch:
             identity = key(request)
         except Exception as error:
             identity = _key_failed(limiter, key, request, error)
+        else:
+            if type(identity) is not str or not identity or identity.isspace():
+                identity = _key_failed(limiter, key, request, None, identity)
         identities.append(identity)
     return limiter.batches.get(limiter, plan, identities)
 
@@ -285,7 +344,7 @@ def conclude(
     if decision.shadow_violated:
         yield from shadow_breach(limiter, request, decision, method, path)
     if decision.allowed:
-        now_s = limiter.clock_ms() // 1000
+        now_s = -(-limiter.clock_ms() // 1000)  # rounded up: an epoch reset is never early
         headers: list[tuple[str, str]] = []
         for mode in limiter.header_modes:
             headers.extend(rate_limit_headers(decision, mode, now_s))
@@ -301,7 +360,8 @@ def conclude(
             stamp=usages[0].stamp_ms,
             fallback=fallback,
         )
-    exceeded = exceeded_for(limiter, decision, method, path)
+    detail = yield from _custom_detail(limiter, request, decision, used)
+    exceeded = exceeded_for(limiter, decision, method, path, detail)
     logger.info(
         "rate limit exceeded: %s",
         exceeded.detail,
@@ -315,7 +375,7 @@ def conclude(
             }
         },
     )
-    yield from call_hook(limiter.on_breach, request, exceeded)
+    yield from call_hook(limiter.failures, limiter.on_breach, request, exceeded)
     return Outcome(headers=[], decision=decision, exceeded=exceeded)
 
 
@@ -337,30 +397,21 @@ def _collect(limiter: Limiter, plan: Plan, request: Any) -> Generator[Any, Any, 
     for entry in plan.entries:
         group = entry.group
         if group.exempt_when is not None:
-            try:
-                exempt = group.exempt_when(request)
-                if inspect.isawaitable(exempt):
-                    exempt = yield exempt
-            except Exception:
-                logger.exception("exempt_when %r raised; the limit applies", group.exempt_when)
-                exempt = False
-            if exempt:
+            exempt = yield from _ask(limiter, EXEMPT, group.exempt_when, (request,), _valid_bool)
+            if exempt is True:  # a failing exempt_when is not exempt
                 continue
+        identity = yield from _identity(limiter, group.key, request)
         slots = entry.slots
         if slots is None:
-            value = group.limit(request)  # type: ignore[operator]
-            if inspect.isawaitable(value):
-                value = yield value
             if names is None:
                 names = set(plan.names)
-            slots = dynamic_slots(limiter, entry, parse_quotas(value), names)
-        identity = yield from _identity(limiter, group.key, request)
+            quotas = yield from _limit_quotas(limiter, group, request, identity)
+            slots = dynamic_slots(limiter, entry, quotas, names)
         cost = group.cost
         if type(cost) is not int:
-            cost = cost(request)  # type: ignore[operator]
-            if inspect.isawaitable(cost):
-                cost = yield cost
-            cost = int(cost)
+            cost = yield from _ask(limiter, COST, cost, (request,), valid_cost)
+            if cost is _FAILED:
+                cost = 1
         enforce = not (limiter.shadow if group.shadow is None else group.shadow)
         digest = hashes.get(identity) or limiter.hash_key(identity)
         group_hits = [
@@ -372,6 +423,48 @@ def _collect(limiter: Limiter, plan: Plan, request: Any) -> Generator[Any, Any, 
         if group.deduct_when is not None:
             refundable.append((group.deduct_when, group_hits))
     return hits, used, refundable
+
+
+def _limit_quotas(
+    limiter: Limiter, group: LimitGroup, request: Any, identity: str
+) -> Generator[Any, Any, tuple[Quota, ...]]:
+    """The quotas a limit callable gives this request; its fallback's when it fails."""
+    takes = group.limit_takes
+    args = () if takes == TAKES_NOTHING else (identity,) if takes == TAKES_KEY else (request,)
+    strategy = limiter.strategy
+
+    def check(value: Any) -> Any:
+        text = valid_limit(value)
+        if text is None:
+            return None
+        try:
+            return checked_quotas(text, strategy)
+        except ConfigurationError:
+            return None
+
+    quotas = yield from _ask(limiter, LIMIT, group.limit, args, check)
+    if quotas is _FAILED:
+        return group.fallback_quotas or limiter.fallback_quotas
+    return quotas  # type: ignore[no-any-return]
+
+
+def _custom_detail(
+    limiter: Limiter, request: Any, decision: Decision, used: Used
+) -> Generator[Any, Any, str | None]:
+    """The ``error_message`` of the limit that refused the request, if it has one."""
+    binding = decision.binding
+    if binding is None:
+        return None
+    for entry, slots, _, _ in used:
+        if any(slot.name == binding.name for slot in slots):
+            message = entry.group.error_message
+            if message is None or isinstance(message, str):
+                return message
+            found = yield from _ask(
+                limiter, MESSAGE, message, (request,), lambda v: v if isinstance(v, str) else None
+            )
+            return None if found is _FAILED else found
+    return None
 
 
 def dynamic_slots(
@@ -390,14 +483,8 @@ def settle(limiter: Limiter, outcome: Outcome, response: ResponseInfo) -> Step:
     if outcome.release:
         yield StorageCall(outcome.release, op="release", fallback=outcome.fallback)
     for deduct_when, hits in outcome.refundable:
-        try:
-            keep = deduct_when(response)
-            if inspect.isawaitable(keep):
-                keep = yield keep
-        except Exception:
-            logger.exception("deduct_when %r raised; the request counts", deduct_when)
-            keep = True
-        if not keep and hits:
+        keep = yield from _ask(limiter, DEDUCT, deduct_when, (response,), _valid_bool)
+        if keep is False and hits:  # a failing deduct_when keeps the count
             yield StorageCall(hits, op="refund", stamp=outcome.stamp, fallback=outcome.fallback)
     return PASS
 
@@ -407,29 +494,38 @@ def _identity(limiter: Limiter, key: Any, request: Any) -> Generator[Any, Any, s
     key = key or limiter.key
     try:
         identity = key(request)
-        if type(identity) is not str:
-            if inspect.isawaitable(identity):
-                identity = yield identity
-            identity = str(identity)
+        if type(identity) is str and identity and not identity.isspace():
+            return identity  # nearly always
+        if inspect.isawaitable(identity):
+            identity = yield identity
     except Exception as error:
-        identity = _key_failed(limiter, key, request, error)
-    return identity
+        return _key_failed(limiter, key, request, error)
+    checked = valid_identity(identity)
+    if checked is None:
+        return _key_failed(limiter, key, request, None, identity)
+    return checked
 
 
-def _key_failed(limiter: Limiter, key: Any, request: Any, error: Exception) -> str:
-    """A key function that raises must not let the caller escape: count by address.
+def _key_failed(
+    limiter: Limiter, key: Any, request: Any, error: Exception | None, value: Any = None
+) -> str:
+    """A key function that raises (or names nobody: ``None``, ``""``) must not let the caller
+    escape, nor put everyone in one bucket: count by address.
 
     The identity is exactly what ``keys.client_ip`` gives with the configuration in use (see
     ``failure_key``), so the request shares its bucket with the address's own requests (the
     key function's fallback, ``keys.header`` without its header): making the key fail earns
     a caller no quota that leaving its credentials out would not. Logged once per incident.
     """
-    with contextlib.suppress(Exception):  # a key with a broken repr() must not make a 500
-        limiter.key_failures(key, error)
-    try:
-        return failure_key(limiter, key)(request)
-    except Exception:  # no usable client address either: the shared bucket
-        return UNKNOWN_CLIENT
+    limiter.failures(KEY, key, error, value)
+    for by_address in (failure_key(limiter, key), FALLBACK_KEY):
+        try:
+            identity = by_address(request)
+        except Exception:  # a client_ip of the app's that fails too: the peer address
+            continue
+        if type(identity) is str and identity:
+            return identity
+    return UNKNOWN_CLIENT  # no usable client address at all: the shared bucket
 
 
 def failure_key(limiter: Limiter, key: Any) -> client_ip:
@@ -463,13 +559,16 @@ def _storage_failed(
 ) -> Generator[Any, Any, Outcome | list[Usage]]:
     if limiter.metrics is not None:
         limiter.metrics.storage_error()
+    if isinstance(error, StorageCallError):
+        # A defect, not an outage: the breaker did not count it; say what was sent.
+        limiter.failures(STORAGE_CALL, limiter.storage_uri_redacted, error)
     if not isinstance(error, StorageError):
         wrapped = StorageError(
             f"storage {limiter.storage_uri_redacted} failed: {describe_error(error)}"
         )
         wrapped.__cause__ = error
         error = wrapped
-    yield from call_hook(limiter.on_storage_error, request, error)
+    yield from call_hook(limiter.failures, limiter.on_storage_error, request, error)
     if mode == "deny":
         return Outcome(headers=[], unavailable=True)
     if mode == "fallback":

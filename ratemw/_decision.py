@@ -209,13 +209,16 @@ def problem_detail(decision: Decision, method: str, path: str) -> str:
     )
 
 
-def problem_body(decision: Decision, method: str, path: str) -> dict[str, Any]:
+def problem_body(
+    decision: Decision, method: str, path: str, detail: str | None = None
+) -> dict[str, Any]:
+    """The problem+json document of a refusal; ``detail`` replaces the default sentence."""
     violated = [p for p in decision.policies if p.violated]
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE,
         "title": PROBLEM_TITLE,
         "status": 429,
-        "detail": problem_detail(decision, method, path),
+        "detail": detail if detail is not None else problem_detail(decision, method, path),
         "instance": path,
         "violated-policies": [p.name for p in violated],
     }

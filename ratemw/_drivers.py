@@ -9,6 +9,7 @@ one. The twins differ only in how they wait: the async ones await, the sync ones
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,8 @@ from ratemw._core import (
     fast_outcome,
     instant_hits,
 )
-from ratemw.storage._base import AsyncStorage, Hit, Storage
+from ratemw._exceptions import StorageCallError
+from ratemw.storage._base import CONCURRENCY, AsyncStorage, Hit, Storage
 
 if TYPE_CHECKING:
     from ratemw._limiter import Limiter
@@ -70,7 +72,8 @@ async def _answer_async(
                 storage, hits, op, stamp
             ))
         except Exception as exc:
-            breaker.failure(exc)
+            if not isinstance(exc, StorageCallError):  # one call's defect is no outage
+                breaker.failure(exc)
             raise
         if breaker.failures or breaker.incident:
             breaker.success()
@@ -98,7 +101,8 @@ def _answer_sync(
                 storage, hits, op, stamp
             )
         except Exception as exc:
-            breaker.failure(exc)
+            if not isinstance(exc, StorageCallError):  # one call's defect is no outage
+                breaker.failure(exc)
             raise
         if breaker.failures or breaker.incident:
             breaker.success()
@@ -107,23 +111,60 @@ def _answer_sync(
         return exc
 
 
+# Releases still running after the request that started them was cancelled: kept here so
+# that they are not collected half-way.
+_releasing: set[asyncio.Future[Any]] = set()
+
+
+async def _release_after_cancel(limiter: Limiter, held: list[Hit], fallback: bool) -> None:
+    """Free concurrency slots an interrupted request may hold, whatever interrupts this too.
+
+    The acquire may or may not have run: releasing a slot by its token is harmless either
+    way. Shielded, so a second cancellation cannot leak the slot.
+    """
+    release = asyncio.ensure_future(_answer_async(limiter, held, "release", 0, fallback))
+    _releasing.add(release)
+    release.add_done_callback(_releasing.discard)
+    with contextlib.suppress(asyncio.CancelledError):  # the release goes on without us
+        await asyncio.shield(release)
+
+
 async def arun(limiter: Limiter, steps: Step) -> Outcome:
-    """Drive the decision with async storage, awaiting the user's async callables."""
+    """Drive the decision with async storage, awaiting the user's async callables.
+
+    Concurrency slots an acquire may have taken are freed if the request is interrupted
+    (cancelled: a timeout, a client that went away) before the outcome, which carries them
+    on, is returned.
+    """
     value: Any = None
     error: BaseException | None = None
-    while True:
-        try:
-            step = steps.throw(error) if error is not None else steps.send(value)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        value = error = None
-        if type(step) is StorageCall:
-            value = await _answer_async(limiter, step.hits, step.op, step.stamp, step.fallback)
-        else:
+    held: list[Hit] = []
+    fallback = False
+    try:
+        while True:
             try:
-                value = await step
-            except Exception as exc:
-                error = exc
+                step = steps.throw(error) if error is not None else steps.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value = error = None
+            if type(step) is StorageCall:
+                if step.op == "acquire":
+                    taking = [hit for hit in step.hits if hit.strategy == CONCURRENCY]
+                    if taking:
+                        held, fallback = taking, step.fallback
+                value = await _answer_async(
+                    limiter, step.hits, step.op, step.stamp, step.fallback
+                )
+            else:
+                try:
+                    value = await step
+                except Exception as exc:
+                    error = exc
+    except BaseException:
+        steps.close()
+        if held:
+            await _release_after_cancel(limiter, held, fallback)
+        raise
 
 
 async def adecide_request(

@@ -13,11 +13,17 @@ from typing import Any
 from ratemw._core import Plan
 from ratemw._limiter import Limiter
 from ratemw._plans import cacheable
+from ratemw._routing import Resolution
 from ratemw._rules import Rule
 
-__all__ = ["Planner", "plan_route"]
+__all__ = ["APPLIED", "Planner", "plan_route"]
 
 _PLAN_CACHE_SIZE = 4096
+
+#: The limiters that already decided a request, in its ASGI scope or WSGI environ: the same
+#: limiter installed twice in one stack (an app and its mounted sub-app, a middleware added
+#: twice) counts the request once and writes its headers once.
+APPLIED = "ratemw.limiters"
 
 
 def plan_route(
@@ -68,18 +74,23 @@ class Planner:
         cache_key: tuple[Any, ...],
         path: str,
         method: str,
-        resolve: Callable[..., tuple[Any, str | None]],
+        resolve: Callable[..., tuple[Any, str | None] | Resolution],
         *args: Any,
     ) -> Plan:
         """The plan cached under ``cache_key``, planned on a miss.
 
-        On a miss ``resolve(*args)`` finds the route: ``(endpoint, template)``.
+        On a miss ``resolve(*args)`` finds the route: ``(endpoint, template)``, or a
+        ``Resolution`` that may say the route cannot be cached by this key.
         """
         plan = self.plans.get(cache_key)
         if plan is None:
-            endpoint, template = resolve(*args)
+            found = resolve(*args)
+            if isinstance(found, Resolution):
+                endpoint, template, keep = found.endpoint, found.template, found.cacheable
+            else:
+                (endpoint, template), keep = found, True
             plan = plan_route(self.limiter, endpoint, template, path, method, self.rules)
-            if not cacheable(cache_key):
+            if not keep or not cacheable(cache_key):
                 return plan
             if len(self.plans) >= _PLAN_CACHE_SIZE:
                 self.plans.clear()

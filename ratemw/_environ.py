@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-__all__ = ["request_path", "wsgi_scope"]
+__all__ = ["request_path", "route_path", "wsgi_scope"]
 
 _HEADER_NAMES: dict[str, bytes] = {}
 _HEADER_NAMES_SIZE = 1024  # clients may invent names: the cache must not grow for ever
@@ -68,6 +68,12 @@ def request_path(environ: WSGIEnvironment) -> str:
     """
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     return (path if path.isascii() else _decode(path)) or "/"  # ASCII, nearly always
+
+
+def route_path(environ: WSGIEnvironment) -> str:
+    """The path the app routes by: ``PATH_INFO``, relative to ``SCRIPT_NAME`` (decoded)."""
+    path = environ.get("PATH_INFO", "")
+    return (path if path.isascii() else _decode(path)) or "/"
 
 
 class _Scope(dict[str, Any]):

@@ -5,6 +5,7 @@ The tree::
     RatemwError
     ├── ConfigurationError   bad configuration, raised at start-up, naming the bad value
     ├── StorageError         the storage backend failed (raised ``from`` the backend's error)
+    │   └── StorageCallError the storage answered, but this one call was at fault
     └── RateLimitExceeded    a request went over quota; carries every number of the 429
 """
 
@@ -29,7 +30,20 @@ class ConfigurationError(RatemwError, ValueError):
 
 
 class StorageError(RatemwError):
-    """The storage backend could not answer (unreachable, timed out, or refused)."""
+    """The storage backend could not answer (unreachable, timed out, or refused).
+
+    An outage: it counts toward the circuit breaker.
+    """
+
+
+class StorageCallError(StorageError):
+    """The storage answered, but not usefully for this call: the script refused the call's
+    arguments, or the reply does not fit what was sent.
+
+    A defect tied to one call's data, not an outage: the circuit breaker does not count it,
+    so one request's bad data can never switch limiting off for other callers. The request
+    itself gets the failure mode.
+    """
 
 
 class RateLimitExceeded(RatemwError):
@@ -83,3 +97,25 @@ class RateLimitExceeded(RatemwError):
     @property
     def detail(self) -> str:
         return str(self.body["detail"])
+
+    @property
+    def rate_limit_headers(self) -> dict[str, str]:
+        """The headers a custom 429 should carry: ``Retry-After`` (absent when the request can
+        never be satisfied) and the ``RateLimit`` fields of the limiter's header modes.
+
+        Example::
+
+            def handler(request, exc):
+                return JSONResponse({"error": exc.detail}, 429, headers=exc.rate_limit_headers)
+        """
+        return {
+            name: value
+            for name, value in self.headers
+            if name.lower() not in ("content-type", "cache-control", "content-length")
+        }
+
+
+# Tracebacks and reprs name the public module users import these from.
+for _error in (RatemwError, ConfigurationError, StorageError, StorageCallError, RateLimitExceeded):
+    _error.__module__ = "ratemw"
+del _error

@@ -18,12 +18,14 @@ from ratemw._groups import (
     CostValue,
     LimitGroup,
     LimitValue,
+    by_request,
     check_callable,
     groups_from,
 )
 from ratemw._plans import Plan, compile_plan
+from ratemw._quota import Quota, parse_limit_list, strategy_problem
 from ratemw._redact import redact_uri
-from ratemw._reporting import KeyFailureLog
+from ratemw._reporting import FailureLog
 from ratemw._rules import Rule, check_rules, rule_groups
 from ratemw.keys import client_ip
 from ratemw.storage import StorageBackends
@@ -150,6 +152,7 @@ class Limiter:
         metrics: Metrics | None = None,
         concurrency_timeout: float = 300.0,
         breaker: dict[str, Any] | None = None,
+        fallback_limits: str | Iterable[str] | None = None,
     ) -> None:
         if strategy not in STRATEGY_IMPLEMENTATIONS or strategy == CONCURRENCY:
             known = [s for s in STRATEGY_IMPLEMENTATIONS if s != CONCURRENCY]
@@ -192,7 +195,7 @@ class Limiter:
                 "bring their Lua (a 'lua' attribute)"
             )
         self._fallback: StorageBackends | None = None
-        self.key: Callable[[Any], Any] = key or client_ip()
+        self.key: Callable[[Any], Any] = by_request(key) or client_ip()
         self.header_modes = _header_modes(headers)
         self.failure_mode = failure_mode
         self.shadow = bool(shadow)
@@ -206,16 +209,21 @@ class Limiter:
         self.concurrency_timeout_ms = round(concurrency_timeout * 1000)
         self.instance_id = uuid.uuid4().hex[:12]
         self.near_limit_ratio_permille = round(near_limit_ratio * 1000)
-        self.default_groups = self._check_groups(groups_from("default", default_limits))
+        self.request_filters: tuple[Callable[[Any], Any], ...] = ()
+        default = groups_from("default", default_limits)
+        self.fallback_quotas = _fallback_quotas(fallback_limits, default)
+        self.default_groups = self._check_groups(default)
         self.application_groups = self._check_groups(
             groups_from("application", application_limits, bucket="*", name_prefix="app-")
         )
         self.rules = self.check_rules(rules)
         self.hash_key = KeyHasher()
         self.batches = KeptBatches()
-        self.key_failures = KeyFailureLog(clock or _monotonic_ms)
-        self._endpoint_groups: dict[Any, tuple[LimitGroup, ...]] = {}
-        self._exempt: set[Any] = set()
+        self.failures = FailureLog(clock or _monotonic_ms)
+        # Declarations by the id of what was decorated (which need not be hashable), each
+        # with the object itself, kept alive so that its id is never reused.
+        self._endpoint_groups: dict[int, tuple[Any, tuple[LimitGroup, ...]]] = {}
+        self._exempt: dict[int, Any] = {}
         self.breaker = CircuitBreaker(name=self.storage_uri_redacted, **(breaker or {}))
         self.plan_generation = 0  # how many times planned settings changed
         self._plan_caches: list[weakref.ref[Any]] = []  # appended and copied atomically
@@ -258,14 +266,20 @@ class Limiter:
     # -- decorators ---------------------------------------------------------------------------
 
     def _check_groups(self, groups: tuple[LimitGroup, ...]) -> tuple[LimitGroup, ...]:
-        """Refuse quotas this limiter's strategy cannot count (a burst needs GCRA)."""
+        """Refuse quotas this limiter's strategy cannot count (a burst needs GCRA), and limit
+        callables with nothing to fall back on."""
         for group in groups:
-            for quota in group.quotas or ():
-                if quota.burst is not None and self.strategy != "gcra":
-                    raise ConfigurationError(
-                        f"limit {group.limit!r} has a burst, which only strategy='gcra' "
-                        f"counts (this limiter uses {self.strategy!r})"
-                    )
+            for quota in (*(group.quotas or ()), *group.fallback_quotas):
+                problem = strategy_problem(quota, self.strategy)
+                if problem is not None:
+                    raise ConfigurationError(f"limit {group.limit!r} {problem}")
+            if group.quotas is None and not (group.fallback_quotas or self.fallback_quotas):
+                raise ConfigurationError(
+                    f"limit callable {group.limit!r} has no fallback: pass fallback= (e.g. "
+                    "fallback='60/minute'), or give the Limiter fallback_limits= or static "
+                    "default_limits=, so that a callable that fails never leaves the route "
+                    "unlimited"
+                )
         return groups
 
     def check_rules(self, rules: Iterable[Any]) -> tuple[Rule, ...]:
@@ -277,11 +291,21 @@ class Limiter:
 
     def _register(self, groups: tuple[LimitGroup, ...]) -> Callable[[F], F]:
         def decorator(endpoint: F) -> F:
-            self._endpoint_groups[endpoint] = self._endpoint_groups.get(endpoint, ()) + groups
+            _, known = self._endpoint_groups.get(id(endpoint), (endpoint, ()))
+            self._endpoint_groups[id(endpoint)] = (endpoint, known + groups)
             self._plans_changed()  # a route served before it was decorated is planned again
             return endpoint
 
         return decorator
+
+    def declared(self, target: Any) -> tuple[LimitGroup, ...]:
+        """The limit groups declared on ``target`` by ``limit`` and ``shared_limit``."""
+        found = self._endpoint_groups.get(id(target))
+        return found[1] if found is not None and found[0] is target else ()
+
+    def is_exempt(self, target: Any) -> bool:
+        """Whether ``target`` was exempted with ``exempt``."""
+        return self._exempt.get(id(target), None) is target and target is not None
 
     def limit(
         self,
@@ -296,6 +320,8 @@ class Limiter:
         shadow: bool | None = None,
         deduct_when: Callable[[Any], Any] | None = None,
         failure_mode: str | None = None,
+        fallback: str | None = None,
+        error_message: str | Callable[[Any], Any] | None = None,
     ) -> Callable[[F], F]:
         """Limit one route. The endpoint is returned unchanged: no ``request`` parameter needed.
 
@@ -322,6 +348,17 @@ class Limiter:
             failure_mode: what this limit does when storage fails (default: the limiter's).
                 When limits of one request disagree, the strictest wins: ``deny``, then
                 ``fallback``, then ``allow``.
+            fallback: for a limit callable, the limit string applied when it raises or
+                returns something that is not a valid limit (default: the limiter's
+                ``fallback_limits``).
+            error_message: the ``detail`` of the 429 when this limit refuses a request: a
+                string, or a callable of the request returning one (slowapi's
+                ``error_message``).
+
+        Callables (``limit``, ``key``, ``cost``, ``exempt_when``, ``deduct_when``,
+        ``error_message``) may be sync or async, and may take the request or nothing at
+        all; a limit callable whose one parameter is named ``key`` gets the caller's
+        identity. What each does when it fails is in docs/headers-and-errors.md.
         """
         return self._register(
             self._check_groups(groups_from(
@@ -336,6 +373,8 @@ class Limiter:
                 shadow=shadow,
                 deduct_when=deduct_when,
                 failure_mode=failure_mode,
+                fallback=fallback,
+                error_message=error_message,
             ))
         )
 
@@ -353,6 +392,8 @@ class Limiter:
         shadow: bool | None = None,
         deduct_when: Callable[[Any], Any] | None = None,
         failure_mode: str | None = None,
+        fallback: str | None = None,
+        error_message: str | Callable[[Any], Any] | None = None,
     ) -> Callable[[F], F]:
         """Limit several routes together: every route decorated with one ``scope`` shares counts.
 
@@ -381,14 +422,34 @@ class Limiter:
                 shadow=shadow,
                 deduct_when=deduct_when,
                 failure_mode=failure_mode,
+                fallback=fallback,
+                error_message=error_message,
             ))
         )
 
     def exempt(self, endpoint: F) -> F:
         """Exempt a route from every limit (defaults, application limits and rules included)."""
-        self._exempt.add(endpoint)
+        self._exempt[id(endpoint)] = endpoint
         self._plans_changed()
         return endpoint
+
+    def request_filter(self, fn: F) -> F:
+        """Register a filter: a request for which it returns ``True`` is not limited at all.
+
+        flask-limiter's ``request_filter``. Sync or async, a callable of the request (or of
+        nothing). A filter that raises or returns anything but ``True`` or ``False`` does not
+        exempt the request (logged once per incident).
+
+        Example::
+
+            @limiter.request_filter
+            def internal(request) -> bool:
+                return request.headers.get("x-internal-token") == SECRET
+        """
+        check_callable(fn, "request_filter")
+        self.request_filters = (*self.request_filters, by_request(fn))
+        self._plans_changed()
+        return fn
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -411,9 +472,9 @@ class Limiter:
         generation = self.plan_generation
         template = template or NO_ROUTE
         targets = _declaration_targets(endpoint, method)
-        if any(target in self._exempt for target in targets):
+        if any(self.is_exempt(target) for target in targets):
             return Plan(template, (), generation=generation)
-        own = [g for target in targets for g in self._endpoint_groups.get(target, ())]
+        own = [g for target in targets for g in self.declared(target)]
         own.extend(rule_groups(self.rules + extra_rules, path))
         own = [g for g in own if g.applies_to(method)]
         groups = own
@@ -432,6 +493,7 @@ class Limiter:
         return (
             self.on_near_limit is None
             and self.metrics is None
+            and not self.request_filters
             and not self.shadow
             and (not self.header_modes or self.header_modes == ("draft-10",))
         )
@@ -462,6 +524,20 @@ _MAX_UNWRAP = 16
 
 def _monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
+
+
+def _fallback_quotas(
+    fallback_limits: str | Iterable[str] | None, default: tuple[LimitGroup, ...]
+) -> tuple[Quota, ...]:
+    """The limiter's fallback limits: ``fallback_limits``, else its static default limits."""
+    if fallback_limits is not None:
+        if not isinstance(fallback_limits, str | list | tuple):
+            raise ConfigurationError(
+                f"invalid fallback_limits {fallback_limits!r}: expected a limit string such "
+                "as '60/minute', or a list of them"
+            )
+        return parse_limit_list(fallback_limits, what="fallback_limits")
+    return tuple(quota for group in default for quota in group.quotas or ())
 
 
 def _redis_serves(strategy: str) -> bool:

@@ -17,7 +17,13 @@ import limits
 from ratemw._exceptions import ConfigurationError
 
 _SEPARATORS = re.compile(r"[,;|]")
+#: The longest window a quota may have, and the largest amount: beyond them no real quota
+#: exists, and storages could no longer count or expire keys exactly.
+MAX_WINDOW = 10 * 366 * 24 * 3600  # ten years, in seconds
+MAX_AMOUNT = 10**15
 _BURST = re.compile(r"^(?P<rate>.*?)\s+burst\s+(?P<burst>\d+)\s*$", re.IGNORECASE)
+# "5/0 minutes": ``limits`` reads a window of zero as one; we refuse it.
+_ZERO_MULTIPLES = re.compile(r"(?:/|\bper\b)\s*0+\s*[a-z]", re.IGNORECASE)
 _CONCURRENT = re.compile(r"^\s*(?P<amount>\d+)\s+concurrent(\s+requests?)?\s*$", re.IGNORECASE)
 
 
@@ -74,6 +80,10 @@ def _parse_item(value: str, item: str) -> Quota:
         item, burst = bursting["rate"], int(bursting["burst"])
         if burst < 1:
             raise ConfigurationError(f"invalid limit {value!r}: a burst must be at least 1")
+    if _ZERO_MULTIPLES.search(item):
+        raise ConfigurationError(
+            f"invalid limit {value!r}: a window must be at least 1 second long"
+        )
     try:
         return _quota_from_item(limits.parse(item), burst)
     except ValueError as exc:
@@ -99,12 +109,53 @@ def parse_quotas(value: str) -> tuple[Quota, ...]:
         raise ConfigurationError(f"invalid limit {value!r}: expected e.g. '5/minute'")
     quotas = tuple(_parse_item(value, item) for item in items)
     for quota in quotas:
-        if quota.amount < 1:
-            raise ConfigurationError(
-                f"invalid limit {value!r}: a quota must allow at least 1 request "
-                "(use Limiter.exempt or a route rule to block or free a route instead)"
-            )
+        _check_bounds(value, quota)
     return quotas
+
+
+def _check_bounds(value: str, quota: Quota) -> None:
+    if quota.amount < 1:
+        raise ConfigurationError(
+            f"invalid limit {value!r}: a quota must allow at least 1 request "
+            "(use Limiter.exempt or a route rule to block or free a route instead)"
+        )
+    if quota.amount > MAX_AMOUNT or (quota.burst or 0) > MAX_AMOUNT:
+        raise ConfigurationError(
+            f"invalid limit {value!r}: at most {MAX_AMOUNT} requests per window"
+        )
+    if quota.concurrent:
+        return
+    if quota.window < 1:
+        raise ConfigurationError(
+            f"invalid limit {value!r}: a window must be at least 1 second long"
+        )
+    if quota.window > MAX_WINDOW:
+        raise ConfigurationError(
+            f"invalid limit {value!r}: a window may be at most 10 years long"
+        )
+
+
+#: Sliding-window and GCRA arithmetic multiplies a quota by its window in milliseconds; kept
+#: below this, every number a storage computes stays exact (Lua counts in doubles).
+EXACT_PRODUCT = 2**51
+_SCALED = ("sliding-window-counter", "gcra")
+
+
+def strategy_problem(quota: Quota, strategy: str) -> str | None:
+    """Why ``strategy`` cannot count ``quota`` exactly (``None``: it can)."""
+    if quota.concurrent:
+        return None
+    if quota.burst is not None and strategy != "gcra":
+        return f"has a burst, which only strategy='gcra' counts (this limiter uses {strategy!r})"
+    if strategy in _SCALED:
+        capacity = max(quota.amount, quota.burst or 0) + 1
+        if capacity * quota.window_ms > EXACT_PRODUCT:
+            return (
+                f"is too large for strategy {strategy!r} to count exactly ({quota.text}: the "
+                f"quota times its window in milliseconds must stay under {EXACT_PRODUCT}); "
+                "use a shorter window, or 'fixed-window' or 'moving-window'"
+            )
+    return None
 
 
 def parse_limit_list(value: str | list[str] | tuple[str, ...], *, what: str) -> tuple[Quota, ...]:
@@ -119,3 +170,15 @@ def parse_limit_list(value: str | list[str] | tuple[str, ...], *, what: str) -> 
     raise ConfigurationError(
         f"{what} must be a limit string or a list of them, got {value!r} ({type(value).__name__})"
     )
+
+
+@lru_cache(maxsize=1024)
+def checked_quotas(value: str, strategy: str) -> tuple[Quota, ...]:
+    """``parse_quotas(value)``, refused (``ConfigurationError``) if ``strategy`` cannot count
+    one of them exactly. Cached: limits returned per request cost a look-up once seen."""
+    quotas = parse_quotas(value)
+    for quota in quotas:
+        problem = strategy_problem(quota, strategy)
+        if problem is not None:
+            raise ConfigurationError(f"limit {value!r} {problem}")
+    return quotas

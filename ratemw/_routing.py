@@ -7,9 +7,57 @@ will) to learn the endpoint (whose decorators carry limits) and the route templa
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+from starlette import routing
 from starlette.routing import Match
+
+# Route classes whose matching reads only what a plan cache key holds: the scope type, the
+# method, the host, the root path and the path. A route of any other class might route by
+# something else (a header, the query), so a request it was asked about is planned afresh.
+_STARLETTE_ROUTES = (routing.Route, routing.WebSocketRoute, routing.Mount, routing.Host)
+_FASTAPI_ROUTES = (
+    "APIRoute", "APIWebSocketRoute", "_IncludedRouter", "_FrontendRoute", "_FrontendRouteGroup",
+)
+_known: set[Any] = set()
+
+
+def _known_matching(route: Any) -> bool:
+    """Whether ``route`` matches the way a stock Starlette or FastAPI route does."""
+    matches = getattr(type(route), "matches", None)
+    if not _known:
+        _known.update(cls.matches for cls in _STARLETTE_ROUTES)
+    if matches in _known:
+        return True
+    fastapi = sys.modules.get("fastapi.routing")
+    if fastapi is not None:
+        found = {getattr(getattr(fastapi, name, None), "matches", None) for name in _FASTAPI_ROUTES}
+        _known.update(found - {None})
+    return matches in _known
+
+
+class Resolution:
+    """Where routing sends a request, and whether every route asked could be cached by."""
+
+    __slots__ = ("cacheable", "endpoint", "template")
+
+    def __init__(self) -> None:
+        self.endpoint: Any = None
+        self.template: str | None = None
+        self.cacheable = True
+
+
+def route_path(scope: Any) -> str:
+    """The path the app routes by: ``scope["path"]`` relative to ``root_path`` (as Starlette's
+    router sees it)."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return "/"
+    return path[len(root_path):] if path[len(root_path)] == "/" else path
 
 
 def _template(route: Any) -> str:
@@ -20,15 +68,21 @@ def _template(route: Any) -> str:
     return path if isinstance(path, str) else ""
 
 
-def _descend(route: Any, scope: dict[str, Any], prefix: str) -> tuple[Any, str | None]:
+def _descend(
+    route: Any, scope: dict[str, Any], prefix: str, found: Resolution
+) -> tuple[Any, str | None]:
     routes = getattr(route, "routes", None) if hasattr(route, "app") else None
     if routes is None:
         return getattr(route, "endpoint", None), prefix + _template(route)
     # A Mount or Host: its template ends in "/{path}" (Mount) or is empty (Host).
     mount_prefix = prefix + _template(route).removesuffix("/{path}")
-    endpoint, template = match_routes(routes, scope, mount_prefix)
+    endpoint, template = _match(routes, scope, mount_prefix, found)
     if endpoint is None:
-        return route.app, mount_prefix + "/{path}"
+        # Nothing inside matches: the router will answer 404 (a Mount of routes), or the
+        # mounted app will route it itself (a sub-application, whose limits are its own).
+        app = route.app
+        inner = None if hasattr(app, "routes") and not hasattr(app, "router") else app
+        return inner, mount_prefix + "/{path}"
     return endpoint, template
 
 
@@ -53,8 +107,16 @@ def _included_router(route: Any, scope: dict[str, Any]) -> tuple[Match, Any, str
 
 def match_routes(routes: Any, scope: dict[str, Any], prefix: str = "") -> tuple[Any, str | None]:
     """The endpoint and template the router would choose for ``scope`` (or ``None``)."""
+    return _match(routes, scope, prefix, Resolution())
+
+
+def _match(
+    routes: Any, scope: dict[str, Any], prefix: str, found: Resolution
+) -> tuple[Any, str | None]:
     partial: tuple[Any, dict[str, Any]] | None = None
     for route in routes:
+        if found.cacheable and not _known_matching(route):
+            found.cacheable = False
         if hasattr(route, "_match") and hasattr(route, "original_router"):
             try:
                 match, endpoint, template = _included_router(route, scope)
@@ -68,19 +130,20 @@ def match_routes(routes: Any, scope: dict[str, Any], prefix: str = "") -> tuple[
         except Exception:  # a route that cannot judge this scope does not match it
             continue
         if match is Match.FULL:
-            return _descend(route, {**scope, **child}, prefix)
+            return _descend(route, {**scope, **child}, prefix, found)
         if match is Match.PARTIAL and partial is None:
             partial = (route, child)
     if partial is not None:
         route, child = partial
-        return _descend(route, {**scope, **child}, prefix)
+        return _descend(route, {**scope, **child}, prefix, found)
     return None, None
 
 
-def resolve(app: Any, scope: dict[str, Any]) -> tuple[Any, str | None]:
+def resolve(app: Any, scope: dict[str, Any]) -> Resolution:
     """The endpoint and route template for a request to ``app`` (a Starlette or FastAPI app)."""
+    found = Resolution()
     router = getattr(app, "router", app)
     routes = getattr(router, "routes", None)
-    if not routes:
-        return None, None
-    return match_routes(routes, scope)
+    if routes:
+        found.endpoint, found.template = _match(routes, scope, "", found)
+    return found

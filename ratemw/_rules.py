@@ -9,6 +9,34 @@ from typing import Any
 from ratemw._exceptions import ConfigurationError
 from ratemw._groups import CostValue, LimitGroup, LimitValue, groups_from
 
+# Route parameters, as Starlette and FastAPI write them ({id}, {id:int}, {rest:path}) and as
+# Flask and Werkzeug do (<id>, <int:id>, <path:rest>).
+_PARAMETER = re.compile(r"\{([^{}:]*)(?::([^{}]*))?\}|<(?:([^<>:]*):)?([^<>:]*)>")
+_CONVERTERS = frozenset({"", "str", "string", "int", "float", "uuid", "path", "any", "slug"})
+
+
+def _piece(part: str, pattern: str) -> str:
+    """The regular expression of one piece of a rule path: a parameter, '*' or literal text."""
+    if part == "*":
+        return ".*"
+    found = _PARAMETER.fullmatch(part)
+    if found is None:
+        if any(ch in part for ch in "{}<>"):
+            raise ConfigurationError(
+                f"rule path {pattern!r} can never match: unbalanced {{...}} or <...> in it "
+                "(route parameters are written {name}, {name:path}, <name> or <int:name>)"
+            )
+        return re.escape(part)
+    converter = (found[2] if found[1] is not None else found[3]) or ""
+    name = found[1] if found[1] is not None else found[4]
+    if not name or not name.isidentifier() or converter not in _CONVERTERS:
+        raise ConfigurationError(
+            f"rule path {pattern!r}: cannot read the route parameter {part!r} (expected e.g. "
+            "{id}, {id:int}, {rest:path}, <id> or <int:id>)"
+        )
+    # A path parameter spans segments; every other one is a single non-empty segment.
+    return ".*" if converter == "path" else "[^/]+"
+
 
 def _compile(pattern: str) -> re.Pattern[str]:
     if not isinstance(pattern, str) or not pattern.startswith("/"):
@@ -18,10 +46,11 @@ def _compile(pattern: str) -> re.Pattern[str]:
         )
     if any(ch.isspace() for ch in pattern):
         raise ConfigurationError(f"rule path {pattern!r} can never match: it contains white space")
-    # '*' matches any run of characters, '/' included; everything else is literal.
-    parts = re.split(r"(\*)", pattern)
+    # '*' matches any run of characters, '/' included; a route parameter what the router
+    # would match; everything else is literal.
+    parts = re.split(r"(\*|\{[^{}]*\}|<[^<>]*>)", pattern)
     # DOTALL: a decoded "%0A" in a path must not slip past a '*'.
-    pattern_text = "".join(".*" if part == "*" else re.escape(part) for part in parts) + r"\Z"
+    pattern_text = "".join(_piece(part, pattern) for part in parts if part) + r"\Z"
     return re.compile(pattern_text, re.DOTALL)
 
 
@@ -29,7 +58,11 @@ class Rule:
     """A limit on every request whose path matches ``path`` (and method is in ``methods``).
 
     ``*`` in ``path`` matches anything, ``/`` included: ``"/api/*"`` covers ``/api/users`` and
-    ``/api/v1/items/3``. All requests matching a rule share its counts (per key).
+    ``/api/v1/items/3``. Route templates work too: ``"/items/{item_id}"`` (or Flask's
+    ``"/items/<int:item_id>"``) matches one path segment where the parameter is,
+    ``{rest:path}`` any number. Paths are matched as the app routes them: relative to the
+    ASGI ``root_path`` or the WSGI ``SCRIPT_NAME``. All requests matching a rule share its
+    counts (per key).
 
     Example::
 
@@ -43,8 +76,8 @@ class Rule:
         limit: a limit string (``"100/minute;1000/hour"``) or a callable of the request.
         methods: HTTP methods the rule applies to (all when omitted); ``"WEBSOCKET"`` matches
             WebSocket handshakes.
-        key, cost, per_method, exempt_when, shadow, deduct_when, failure_mode: as for
-            ``Limiter.limit``.
+        key: as for ``Limiter.limit`` (as are ``cost``, ``per_method``, ``exempt_when``,
+            ``shadow``, ``deduct_when``, ``failure_mode``, ``fallback`` and ``error_message``).
     """
 
     def __init__(
@@ -60,6 +93,8 @@ class Rule:
         shadow: bool | None = None,
         deduct_when: Callable[[Any], Any] | None = None,
         failure_mode: str | None = None,
+        fallback: str | None = None,
+        error_message: str | Callable[[Any], Any] | None = None,
     ) -> None:
         self.path = path
         self._regex = _compile(path)
@@ -75,6 +110,8 @@ class Rule:
             shadow=shadow,
             deduct_when=deduct_when,
             failure_mode=failure_mode,
+            fallback=fallback,
+            error_message=error_message,
         )
         self.limit = limit
         self.methods = self.groups[0].methods if self.groups else None

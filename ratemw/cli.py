@@ -21,6 +21,7 @@ on that route), ``--scope NAME`` (``@limiter.shared_limit(scope=NAME)``), ``--ru
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -58,10 +59,13 @@ def _selector_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ratemw`` argument parser."""
+    from ratemw import __version__
+
     parser = argparse.ArgumentParser(
         prog="ratemw",
         description="Check ratemw configuration; inspect or reset a caller's rate-limit counts.",
     )
+    parser.add_argument("--version", action="version", version=f"ratemw {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check = commands.add_parser(
         "check", help="validate a configuration file and print the effective settings",
@@ -83,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", help="run the demo (from a checkout of the repository)")
     return parser
 
+
+_SIGPIPE_STATUS = 128 + 13  # what a shell reports for a process ended by SIGPIPE
 
 _COMMANDS = {
     "check": run_check, "inspect": run_inspect, "reset": run_reset, "demo": run_demo,
@@ -113,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RatemwError as exc:
         print(f"ratemw {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`ratemw check | head`): stop quietly, as `yes | head` does.
+        # Python would complain again when it flushes stdout at exit; point it at nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return _SIGPIPE_STATUS
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,11 +12,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ratemw._core import Outcome, Plan, ResponseInfo, settle
 from ratemw._drivers import adecide_request, arun
-from ratemw._endpoints import Planner
+from ratemw._endpoints import APPLIED, Planner
 from ratemw._exceptions import ConfigurationError, RateLimitExceeded
 from ratemw._limiter import Limiter
 from ratemw._responses import encode_headers, exceeded_response, unavailable_response
-from ratemw._routing import resolve
+from ratemw._routing import Resolution, resolve, route_path
 from ratemw._rules import Rule
 from ratemw.keys import ScopeHolder
 
@@ -65,6 +65,10 @@ class RateLimitMiddleware:
         self._planner = Planner(limiter, self.rules)
         self._documented = False
 
+    def __repr__(self) -> str:
+        rules = list(self.rules)
+        return f"RateLimitMiddleware({self.app!r}, limiter={self.limiter!r}, rules={rules!r})"
+
     def _document(self, app: Any) -> None:
         """Document the limits in a FastAPI app's OpenAPI schema, before it is first built."""
         self._documented = True
@@ -83,13 +87,15 @@ class RateLimitMiddleware:
         install(app, self.limiter, () if registered else self.rules, by="middleware")
 
     def _plan(self, scope: Scope, method: str, path: str) -> Plan:
-        cache_key = (scope["type"], method, scope.get("root_path", ""), path)
+        # Everything stock routing reads: the type, method, host, root path and path. Routes
+        # that read more are planned afresh on every request (see _routing).
+        cache_key = (scope["type"], method, _host(scope), scope.get("root_path", ""), path)
         plan = self._planner.plans.get(cache_key)
         if plan is None:
-            plan = self._planner.plan(cache_key, path, method, self._route, scope)
+            plan = self._planner.plan(cache_key, route_path(scope), method, self._route, scope)
         return plan
 
-    def _route(self, scope: Scope) -> tuple[Any, str | None]:
+    def _route(self, scope: Scope) -> Resolution:
         """The endpoint and route template a request will reach (a plan cache miss)."""
         if not self._documented:
             self._document(scope.get("app"))
@@ -100,6 +106,22 @@ class RateLimitMiddleware:
         if (scope_type != "http" and scope_type != "websocket") or not self.limiter.enabled:
             await self.app(scope, receive, send)
             return
+        applied = scope.get(APPLIED)
+        if applied is not None and self.limiter in applied:
+            await self.app(scope, receive, send)  # installed twice: the outer one decided
+            return
+        # Marked while the app below runs (a mounted sub-app gets a copy of the scope), and
+        # unmarked after, so a caller that reuses one scope has each request limited.
+        scope[APPLIED] = (*(applied or ()), self.limiter)
+        try:
+            await self._limit(scope, receive, send, scope_type)
+        finally:
+            if applied is None:
+                scope.pop(APPLIED, None)
+            else:
+                scope[APPLIED] = applied
+
+    async def _limit(self, scope: Scope, receive: Receive, send: Send, scope_type: str) -> None:
         method = scope["method"] if scope_type == "http" else "WEBSOCKET"
         path = scope["path"]
         plan = self._plan(scope, method, path)
@@ -174,11 +196,24 @@ class RateLimitMiddleware:
         else:
             status, headers, body = unavailable_response(scope["path"])
         if scope["type"] == "http":
-            await send({"type": "http.response.start", "status": status,
-                        "headers": encode_headers(headers)})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": encode_headers(headers),
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await _refuse_websocket(scope, receive, send, status, headers, body)
+
+
+def _host(scope: Scope) -> bytes:
+    """The ``Host`` header, which ``Host`` routes match on."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            return bytes(value)
+    return b""
 
 
 def _decode(headers: Any) -> list[tuple[str, str]]:
@@ -194,8 +229,13 @@ async def _refuse_websocket(
     body: bytes,
 ) -> None:
     if "websocket.http.response" in scope.get("extensions", {}):
-        await send({"type": "websocket.http.response.start", "status": status,
-                    "headers": encode_headers(headers)})
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": encode_headers(headers),
+            }
+        )
         await send({"type": "websocket.http.response.body", "body": body})
         return
     # Without the denial-response extension a handshake can only be closed: 1008 is

@@ -16,8 +16,8 @@ from starlette.requests import Request
 
 from ratemw._core import Outcome, ResponseInfo, settle
 from ratemw._drivers import decide_request, run
-from ratemw._endpoints import Planner
-from ratemw._environ import request_path, wsgi_scope
+from ratemw._endpoints import APPLIED, Planner
+from ratemw._environ import request_path, route_path, wsgi_scope
 from ratemw._exceptions import ConfigurationError, RateLimitExceeded
 from ratemw._groups import is_async_callable
 from ratemw._limiter import Limiter
@@ -169,12 +169,30 @@ class WSGIRateLimitMiddleware:
         self.routes = routes if routes is not None else _framework_routes(app)
         self._planner = Planner(limiter, self.rules)
 
-    def __call__(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
+    def __repr__(self) -> str:
+        rules = list(self.rules)
+        return f"WSGIRateLimitMiddleware({self.app!r}, limiter={self.limiter!r}, rules={rules!r})"
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         limiter = self.limiter
         if not limiter.enabled:
             return self.app(environ, start_response)
+        applied = environ.get(APPLIED)
+        if applied is not None and limiter in applied:
+            return self.app(environ, start_response)  # installed twice: the outer one decided
+        # Marked while the app below is called, so a caller that serves several requests
+        # from one environ (a test harness) has each of them limited.
+        environ[APPLIED] = (*(applied or ()), limiter)
+        try:
+            return self._limit(environ, start_response)
+        finally:
+            if applied is None:
+                environ.pop(APPLIED, None)
+            else:
+                environ[APPLIED] = applied
+
+    def _limit(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        limiter = self.limiter
         method = environ.get("REQUEST_METHOD", "GET").upper()
         path = request_path(environ)
         # Routing may depend on the host (Flask subdomains, host matching), so it is part of
@@ -184,10 +202,12 @@ class WSGIRateLimitMiddleware:
         cache_key = (method, host, path)
         plan = self._planner.plans.get(cache_key)
         if plan is None:
+            # Rules match the path the app routes by, relative to SCRIPT_NAME.
+            relative = route_path(environ)
             if routes is None:
-                plan = self._planner.plan(cache_key, path, method, _no_route)
+                plan = self._planner.plan(cache_key, relative, method, _no_route)
             else:
-                plan = self._planner.plan(cache_key, path, method, routes, environ)
+                plan = self._planner.plan(cache_key, relative, method, routes, environ)
         if not plan.entries:
             return self.app(environ, start_response)
         scope = wsgi_scope(environ, method, path)
@@ -234,7 +254,12 @@ class WSGIRateLimitMiddleware:
         if exc is not None and self.handler is not None:
             if isinstance(request, ScopeHolder):
                 request = Request(request.scope)
-            return self.handler(request, exc)(environ, start_response)
+            # A framework's handler may need its context (Flask's jsonify needs the app's).
+            context = getattr(self.routes, "request_context", None)
+            if context is None:
+                return self.handler(request, exc)(environ, start_response)
+            with context(environ):
+                return self.handler(request, exc)(environ, start_response)
         if exc is not None:
             status, headers, body = exceeded_response(exc)
         else:

@@ -131,9 +131,14 @@ def test_check_without_a_configuration(
     assert run(capsys, "check") == (
         1,
         "",
-        "ratemw check: error: no ratemw configuration in the current directory: expected a "
-        "ratemw.toml, or a [tool.ratemw] table in pyproject.toml\n",
+        f"ratemw check: error: no ratemw configuration in {tmp_path.resolve()} (the current "
+        "directory): expected a ratemw.toml, or a [tool.ratemw] table in pyproject.toml\n",
     )
+    elsewhere = tmp_path / "deploy"
+    elsewhere.mkdir()
+    status, _, err = run(capsys, "check", str(elsewhere))
+    assert status == 1
+    assert f"no ratemw configuration in {elsewhere.resolve()}:" in err
 
 
 def python_m_ratemw(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -157,6 +162,28 @@ def test_python_m_ratemw_check(tmp_path: Path) -> None:
     assert result.stderr == (
         f"ratemw check: error: {bad}: shadow: expected true or false, got 'sometimes' (string)\n"
     )
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import ratemw
+
+    assert run(capsys, "--version") == (0, f"ratemw {ratemw.__version__}\n", "")
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path: Path) -> None:
+    """``ratemw check | head -1``: no BrokenPipeError traceback."""
+    config = tmp_path / "ratemw.toml"
+    # Enough rules that the output overflows the pipe's buffer after the reader has left.
+    rules = "".join(f'[[rules]]\npath = "/r{n}/*"\nlimit = "1/second"\n' for n in range(3000))
+    config.write_text('default_limits = "100/minute"\n' + rules)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RATEMW_")}
+    pipeline = f"{sys.executable} -m ratemw check {config} | head -c 1"
+    result = subprocess.run(
+        ["bash", "-c", pipeline], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.stdout == str(config)[0]
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -104,8 +104,8 @@ def test_search_prefers_ratemw_toml_then_pyproject(
     with pytest.raises(ConfigurationError) as error:
         load(env={})
     assert str(error.value) == (
-        "no ratemw configuration in the current directory: expected a ratemw.toml, or a "
-        "[tool.ratemw] table in pyproject.toml"
+        f"no ratemw configuration in {tmp_path.resolve()} (the current directory): expected a "
+        "ratemw.toml, or a [tool.ratemw] table in pyproject.toml"
     )
     write(tmp_path, "pyproject.toml", '[tool.ratemw]\nkey_prefix = "from-pyproject"\n')
     assert load(env={}).limiter.key_prefix == "from-pyproject"

@@ -27,3 +27,31 @@ def test_error_tree() -> None:
     assert issubclass(ratemw.ConfigurationError, ratemw.RatemwError)
     assert issubclass(ratemw.StorageError, ratemw.RatemwError)
     assert issubclass(ratemw.RateLimitExceeded, ratemw.RatemwError)
+
+
+def test_errors_are_shown_from_the_public_module() -> None:
+    """Tracebacks say ``ratemw.ConfigurationError``, not a private module's name."""
+    for name in ("RatemwError", "ConfigurationError", "StorageError", "RateLimitExceeded"):
+        assert getattr(ratemw, name).__module__ == "ratemw", name
+    assert issubclass(ratemw.StorageCallError, ratemw.StorageError)
+
+
+def test_strategies_are_a_public_extension_point() -> None:
+    from ratemw import strategies
+    from ratemw.storage import _strategies
+
+    assert strategies.register_strategy is _strategies.register_strategy
+    assert {"Strategy", "register_strategy"} <= set(strategies.__all__)
+    for name in strategies.__all__:
+        assert hasattr(strategies, name), name
+
+
+def test_middlewares_say_what_they_wrap() -> None:
+    limiter = ratemw.Limiter()
+
+    def app(*args: object) -> None: ...
+
+    shown = repr(ratemw.RateLimitMiddleware(app, limiter=limiter))
+    assert shown.startswith("RateLimitMiddleware(<function")
+    assert "limiter=Limiter(storage='memory://'" in shown
+    assert "WSGIRateLimitMiddleware(" in repr(ratemw.WSGIRateLimitMiddleware(app, limiter=limiter))

@@ -26,6 +26,25 @@ from ratemw import ConfigurationError, Limiter, Rule
         pytest.param({"storage": "memory://?max_keys=-1"}, "-1", id="bad max_keys"),
         pytest.param({"near_limit_ratio": 1.5}, "1.5", id="bad near-limit ratio"),
         pytest.param({"default_limits": 5}, "5", id="limit not a string"),
+        pytest.param({"default_limits": "5/0 minutes"}, "5/0 minutes", id="a window of zero"),
+        pytest.param({"default_limits": "5 per 0 seconds"}, "0 seconds", id="zero seconds"),
+        pytest.param(
+            {"default_limits": "1 per 100000000 years"}, "100000000 years", id="window too long"
+        ),
+        pytest.param(
+            {"default_limits": "10000000000000000/second"}, "10000000000000000",
+            id="amount too large",
+        ),
+        pytest.param(
+            {"default_limits": "1000000/year", "strategy": "sliding-window-counter"},
+            "1000000/year", id="too large for a sliding window to count exactly",
+        ),
+        pytest.param(
+            {"default_limits": "10/second burst 10000000000000", "strategy": "gcra"},
+            "burst 10000000000000", id="a burst too large for GCRA to count exactly",
+        ),
+        pytest.param({"fallback_limits": "garbage"}, "garbage", id="bad fallback limits"),
+        pytest.param({"fallback_limits": 5}, "5", id="fallback limits not a string"),
     ],
 )
 def test_bad_configuration_names_the_value(kwargs: dict[str, Any], named: str) -> None:
@@ -43,6 +62,9 @@ def test_bad_configuration_names_the_value(kwargs: dict[str, Any], named: str) -
         pytest.param(("5/minute",), {"methods": []}, "methods=[]", id="no methods"),
         pytest.param(("five per minute",), {}, "five per minute", id="bad limit"),
         pytest.param(("5/minute",), {"exempt_when": True}, "True", id="exempt_when not callable"),
+        pytest.param(("5/minute",), {"error_message": 5}, "5", id="error_message not text"),
+        pytest.param((lambda r: "5/minute",), {"fallback": "nope"}, "nope", id="bad fallback"),
+        pytest.param((lambda r: "5/minute",), {}, "has no fallback", id="nothing to fall back on"),
     ],
 )
 def test_bad_decorator_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], named: str) -> None:

@@ -185,6 +185,14 @@ def test_header_modes(clock: FakeClock, mode: str, expected: dict[str, str]) -> 
         assert "ratelimit" not in headers
 
 
+def test_legacy_reset_epoch_is_never_before_the_real_reset() -> None:
+    """Half a second into a second, a 60 s window ends at .5: the epoch must round up."""
+    clock = FakeClock(start=1_800_000_000.5)
+    limiter = Limiter(clock=clock, headers="legacy")
+    client = make_client(limiter, decorate=limiter.limit("2/minute"))
+    assert client.get("/").headers["x-ratelimit-reset"] == "1800000061"
+
+
 def test_headers_can_be_switched_off(clock: FakeClock) -> None:
     limiter = Limiter(clock=clock, headers=False)
     client = make_client(limiter, decorate=limiter.limit("1/minute"))
@@ -460,7 +468,7 @@ async def async_plan_limit(request: Request) -> str:
 @pytest.mark.parametrize("limit", [plan_limit, async_plan_limit], ids=["sync", "async"])
 def test_callable_limits_give_per_plan_tiers(clock: FakeClock, limit: Any) -> None:
     limiter = Limiter(clock=clock, key=keys.header("x-user"))
-    client = make_client(limiter, decorate=limiter.limit(limit))
+    client = make_client(limiter, decorate=limiter.limit(limit, fallback="1/minute"))
     free = {"x-user": "free-user"}
     pro = {"x-user": "pro-user", "x-plan": "pro"}
     assert statuses(client, n=2, headers=free) == [200, 429]
@@ -571,9 +579,9 @@ PROXY = "10.0.0.1"
         ),
         pytest.param(
             ExplodingClientIP(),
-            [("203.0.113.7", {}), ("198.51.100.1", {})],
-            [200, 429],
-            id="the address cannot be resolved either: one shared bucket, never a 500",
+            [("203.0.113.7", {}), ("198.51.100.1", {}), ("203.0.113.7", {})],
+            [200, 200, 429],
+            id="the limiter's client_ip fails too: the peer address, never a 500",
         ),
     ],
 )  # fmt: skip

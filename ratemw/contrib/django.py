@@ -38,6 +38,7 @@ from starlette.requests import Request
 
 from ratemw._core import Outcome, Plan, ResponseInfo, settle
 from ratemw._drivers import adecide_request, arun, decide_request, run
+from ratemw._endpoints import APPLIED
 from ratemw._environ import wsgi_scope
 from ratemw._limiter import Limiter
 from ratemw._responses import exceeded_response, unavailable_response
@@ -98,14 +99,21 @@ class _Pending(NamedTuple):
 
 def _prepare(request: Any, is_async: bool) -> _Pending | None:
     config = current()
-    if not config.limiter.enabled:
+    limiter = config.limiter
+    if not limiter.enabled:
         return None
+    # The same limiter around the whole app too (WSGIRateLimitMiddleware, or the ASGI one):
+    # it decided already.
+    applied = (*request.META.get(APPLIED, ()), *getattr(request, "scope", {}).get(APPLIED, ()))
+    if limiter in applied:
+        return None
+    request.META[APPLIED] = (*applied, limiter)
     method: str = request.method
     path: str = request.path
     urlconf = getattr(request, "urlconf", None)  # set by middleware such as django-hosts
-    path_info: str = request.path_info
+    path_info: str = request.path_info  # rules match it: relative to SCRIPT_NAME
     plan = config.planner.plan(
-        (method, path, urlconf), path, method, resolve_view, path_info, urlconf
+        (method, path, urlconf), path_info, method, resolve_view, path_info, urlconf
     )
     if not plan.entries:
         return None

@@ -71,6 +71,11 @@ class FlaskRoutes:
             return None, None
         return app.view_functions.get(rule.endpoint), rule.rule
 
+    def request_context(self, environ: WSGIEnvironment) -> Any:
+        """The app's request context for ``environ``: a ``handler=`` runs inside it, so it
+        may use ``jsonify``, ``render_template`` or ``flask.request``."""
+        return self.app.request_context(environ)
+
 
 def init_app(
     app: Flask,

@@ -113,6 +113,22 @@ def test_rules_defaults_and_application_limits_count_as_limits() -> None:
 
 
 @pytest.mark.parametrize(
+    "pattern", ["/items/{item_id}", "/items/{item_id:int}", "/items/<int:item_id>"]
+)
+def test_a_template_rule_is_documented_and_enforced_alike(pattern: str) -> None:
+    """A rule is documented only where it applies, and applies where it is documented."""
+    limiter = Limiter(clock=FakeClock())
+    app = build(limiter, rules=[Rule(pattern, "2/minute"), Rule("/nowhere/{x}", "1/minute")])
+    schema = app.openapi()
+    assert responses(schema, "/items/{item_id}")["429"]["description"] == (
+        "Too Many Requests: over a rate limit (2/minute)."
+    )
+    assert not any("nowhere" in path for path in schema["paths"])
+    client = TestClient(app)
+    assert [client.get(f"/items/{n}").status_code for n in (1, 2, 3)] == [200, 200, 429]
+
+
+@pytest.mark.parametrize(
     ("headers", "success", "too_many"),
     [
         pytest.param(

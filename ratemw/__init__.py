@@ -14,17 +14,17 @@ Example::
 from __future__ import annotations
 
 from ratemw import keys
-from ratemw._decision import Decision, PolicyState
-from ratemw._exceptions import (
+from ratemw.policy.decision import Decision, PolicyState
+from ratemw.errors import (
     ConfigurationError,
     RateLimitExceeded,
     RatemwError,
     StorageCallError,
     StorageError,
 )
-from ratemw._limiter import Limiter
-from ratemw._rules import Rule
-from ratemw.middleware import RateLimitMiddleware
+from ratemw.limiter import Limiter
+from ratemw.policy.rules import Rule
+from ratemw.asgi import RateLimitMiddleware
 from ratemw.wsgi import WSGIRateLimitMiddleware
 
 __version__ = "0.1.0.dev0"

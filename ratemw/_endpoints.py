@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ratemw._core import Plan
-from ratemw._limiter import Limiter
-from ratemw._plans import cacheable
-from ratemw._routing import Resolution
-from ratemw._rules import Rule
+from ratemw.engine.decide import Plan
+from ratemw.limiter import Limiter
+from ratemw.engine.plans import cacheable
+from ratemw.routes.starlette import Resolution
+from ratemw.policy.rules import Rule
 
 __all__ = ["APPLIED", "Planner", "plan_route"]
 

@@ -18,7 +18,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
-from ratemw._exceptions import ConfigurationError
+from ratemw.errors import ConfigurationError
 
 __all__ = ["client_ip", "header"]
 

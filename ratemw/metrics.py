@@ -30,12 +30,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ratemw._exceptions import ConfigurationError
+from ratemw.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from ratemw._decision import Decision
+    from ratemw.policy.decision import Decision
 
 __all__ = ["DEFAULT_BUCKETS", "PrometheusMetrics"]
 

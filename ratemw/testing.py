@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ratemw._limiter import Limiter
+from ratemw.limiter import Limiter
 
 __all__ = ["FakeClock", "disabled", "reset"]
 

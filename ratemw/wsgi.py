@@ -1,6 +1,6 @@
 """``WSGIRateLimitMiddleware``: the WSGI adapter (Flask, Django, any WSGI app).
 
-The twin of ``ratemw.middleware.RateLimitMiddleware``: the same decision core decides, driven
+The twin of ``ratemw.asgi.RateLimitMiddleware``: the same decision core decides, driven
 by the blocking driver on the limiter's sync storage. Key functions, limit callables and hooks
 receive the same Starlette-style request as under ASGI, built from the WSGI environ, so one
 key function serves both worlds.
@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from ratemw._core import Outcome, ResponseInfo, settle
-from ratemw._drivers import decide_request, run
+from ratemw.engine.decide import Outcome, ResponseInfo, settle
+from ratemw.engine.drivers import decide_request, run
 from ratemw._endpoints import APPLIED, Planner
 from ratemw._environ import request_path, route_path, wsgi_scope
-from ratemw._exceptions import ConfigurationError, RateLimitExceeded
-from ratemw._groups import is_async_callable
-from ratemw._limiter import Limiter
-from ratemw._responses import exceeded_response, unavailable_response
-from ratemw._rules import Rule
+from ratemw.errors import ConfigurationError, RateLimitExceeded
+from ratemw.policy.groups import is_async_callable
+from ratemw.limiter import Limiter
+from ratemw.policy.problems import exceeded_response, unavailable_response
+from ratemw.policy.rules import Rule
 from ratemw.keys import ScopeHolder
 
 if TYPE_CHECKING:

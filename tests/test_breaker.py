@@ -9,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from ratemw import ConfigurationError, Limiter
-from ratemw._breaker import CircuitBreaker, CircuitOpen
+from ratemw.engine.breaker import CircuitBreaker, CircuitOpen
 from tests.conftest import make_client
 
 

@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-import ratemw._drivers as drivers
+import ratemw.engine.drivers as drivers
 from ratemw import ConfigurationError, Limiter, Rule, keys
-from ratemw._core import MAX_KEY_LENGTH, KeptBatches, Outcome, evaluate
-from ratemw._drivers import decide_request, run
-from ratemw._plans import Plan
+from ratemw.engine.decide import MAX_KEY_LENGTH, KeptBatches, Outcome, evaluate
+from ratemw.engine.drivers import decide_request, run
+from ratemw.engine.plans import Plan
 from ratemw.keys import ScopeHolder
 from ratemw.storage._base import Batch
 from ratemw.testing import FakeClock
@@ -303,7 +303,7 @@ def test_a_route_decorated_while_it_is_planned_is_planned_again(
     # Another thread declares the route's limit after the limiter has read its declarations
     # and before the plan is compiled: that plan (no limits) serves its own request, but is
     # not kept, so the next request sees the limit.
-    import ratemw._limiter as limiter_module
+    import ratemw.limiter as limiter_module
 
     def view(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
@@ -366,7 +366,7 @@ def test_a_plan_compiled_while_a_setting_changes_is_not_kept(
 ) -> None:
     # Another thread switches shadow mode on while a request is being planned: that plan
     # (compiled from the old settings) serves its own request but is not cached.
-    import ratemw._limiter as limiter_module
+    import ratemw.limiter as limiter_module
 
     limiter = Limiter(clock=FakeClock())
     client = make_client(limiter, decorate=limiter.limit("1/minute"))

@@ -34,7 +34,7 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket
 
 from ratemw import ConfigurationError, Limiter, RateLimitMiddleware, Rule, StorageError
-from ratemw._breaker import CircuitBreaker, CircuitOpen
+from ratemw.engine.breaker import CircuitBreaker, CircuitOpen
 from ratemw.storage.redis import DEFAULT_OPTIONS, SCRIPT_SHA
 from ratemw.wsgi import WSGIRateLimitMiddleware
 from tests._tcp_proxy import TCPProxy

@@ -3,7 +3,7 @@
 It joins ratemw's tree (``ratemw.RatemwError``) beside the server side's errors::
 
     RatemwError
-    ├── ...                  the server side's errors (see ratemw._exceptions)
+    ├── ...                  the server side's errors (see ratemw.errors)
     └── RateLimited          a client gave up on a 429: it says what the server said, and why
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from ratemw._exceptions import RatemwError
+from ratemw.errors import RatemwError
 from ratemw.client._policies import Policy
 
 __all__ = ["RateLimited", "refusal"]

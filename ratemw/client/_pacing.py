@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ratemw._exceptions import ConfigurationError
+from ratemw.errors import ConfigurationError
 from ratemw.client._exceptions import RateLimited, refusal
 from ratemw.client._fields import Fields, HeadersLike, fields, retry_after
 from ratemw.client._policies import HEADERS, Policy, policies_from

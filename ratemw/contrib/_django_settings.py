@@ -18,9 +18,9 @@ from django.core.signals import setting_changed  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
 from ratemw._endpoints import Planner
-from ratemw._exceptions import ConfigurationError, RateLimitExceeded
-from ratemw._limiter import Limiter
-from ratemw._rules import Rule
+from ratemw.errors import ConfigurationError, RateLimitExceeded
+from ratemw.limiter import Limiter
+from ratemw.policy.rules import Rule
 
 __all__ = ["Config", "current", "get_limiter"]
 

@@ -36,12 +36,12 @@ from django.http import HttpResponse  # type: ignore[import-untyped]
 from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
 from starlette.requests import Request
 
-from ratemw._core import Outcome, Plan, ResponseInfo, settle
-from ratemw._drivers import adecide_request, arun, decide_request, run
+from ratemw.engine.decide import Outcome, Plan, ResponseInfo, settle
+from ratemw.engine.drivers import adecide_request, arun, decide_request, run
 from ratemw._endpoints import APPLIED
 from ratemw._environ import wsgi_scope
-from ratemw._limiter import Limiter
-from ratemw._responses import exceeded_response, unavailable_response
+from ratemw.limiter import Limiter
+from ratemw.policy.problems import exceeded_response, unavailable_response
 from ratemw.contrib._django_settings import Config, current, get_limiter
 from ratemw.keys import client_ip
 

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException
 
-from ratemw._exceptions import ConfigurationError
-from ratemw._limiter import Limiter
-from ratemw._rules import Rule
+from ratemw.errors import ConfigurationError
+from ratemw.limiter import Limiter
+from ratemw.policy.rules import Rule
 from ratemw.wsgi import WSGIExceededHandler, WSGIRateLimitMiddleware
 
 if TYPE_CHECKING:

@@ -27,12 +27,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ratemw._decision import PROBLEM_TITLE, PROBLEM_TYPE
-from ratemw._exceptions import ConfigurationError
-from ratemw._groups import LimitGroup
-from ratemw._limiter import Limiter
-from ratemw._rules import Rule, check_rules
-from ratemw.middleware import RateLimitMiddleware
+from ratemw.policy.decision import PROBLEM_TITLE, PROBLEM_TYPE
+from ratemw.errors import ConfigurationError
+from ratemw.policy.groups import LimitGroup
+from ratemw.limiter import Limiter
+from ratemw.policy.rules import Rule, check_rules
+from ratemw.asgi import RateLimitMiddleware
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

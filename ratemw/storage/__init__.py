@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from ratemw._exceptions import ConfigurationError
+from ratemw.errors import ConfigurationError
 from ratemw.storage._base import STRATEGIES, AsyncStorage, Hit, Storage, Usage
 from ratemw.storage.memory import AsyncMemoryStorage, MemoryStorage, wall_clock_ms
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ratemw._exceptions import ConfigurationError
+from ratemw.errors import ConfigurationError
 from ratemw._redact import redact_uri
 
 SCHEMES = frozenset(

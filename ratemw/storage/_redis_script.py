@@ -10,7 +10,7 @@ from collections.abc import Generator, Sequence
 from importlib import resources
 from typing import Any
 
-from ratemw._exceptions import StorageError
+from ratemw.errors import StorageError
 from ratemw.storage._base import CONCURRENCY, Batch, Hit, Usage
 from ratemw.storage._resp import evalsha_command
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Protocol
 
-from ratemw._exceptions import ConfigurationError
+from ratemw.errors import ConfigurationError
 from ratemw.storage._base import CONCURRENCY, STRATEGIES, Hit, Usage
 
 

@@ -40,7 +40,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
 
-from ratemw._exceptions import StorageError
+from ratemw.errors import StorageError
 from ratemw._redact import describe_error
 from ratemw.storage._base import Hit, Usage
 from ratemw.storage._blocked import BlockedCache

@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from ratemw import ConfigurationError, Limiter, StorageError
-from ratemw._core import storage_key
-from ratemw._quota import parse_quotas
+from ratemw.engine.decide import storage_key
+from ratemw.policy.limits import parse_quotas
 from ratemw.storage import Hit, Usage
 from ratemw.storage._base import Batch
 from ratemw.storage._resp import evalsha_command

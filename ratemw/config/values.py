@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ratemw import keys
-from ratemw._exceptions import ConfigurationError
+from ratemw.errors import ConfigurationError
 
 __all__ = ["Where", "bad", "check", "import_callable", "key_function", "limit_strings", "setting"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from ratemw._config_values import (
+from ratemw.config.values import (
     Where,
     bad,
     check,
@@ -13,10 +13,10 @@ from ratemw._config_values import (
     key_function,
     limit_strings,
 )
-from ratemw._exceptions import ConfigurationError
-from ratemw._groups import FAILURE_MODES, normalize_methods
-from ratemw._limiter import Limiter
-from ratemw._rules import Rule
+from ratemw.errors import ConfigurationError
+from ratemw.policy.groups import FAILURE_MODES, normalize_methods
+from ratemw.limiter import Limiter
+from ratemw.policy.rules import Rule
 
 __all__ = ["build_rules"]
 

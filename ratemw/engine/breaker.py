@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ratemw._exceptions import ConfigurationError, StorageError
+from ratemw.errors import ConfigurationError, StorageError
 
 logger = logging.getLogger("ratemw")
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from ratemw._cli_project import project_importable
+from ratemw.cli.project import project_importable
 
 __all__ = ["run_demo"]
 

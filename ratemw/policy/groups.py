@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ratemw._exceptions import ConfigurationError
-from ratemw._quota import MAX_AMOUNT, Quota, parse_quotas
+from ratemw.errors import ConfigurationError
+from ratemw.policy.limits import MAX_AMOUNT, Quota, parse_quotas
 
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, TextIO
 
-from ratemw._limiter import Limiter
+from ratemw.limiter import Limiter
 from ratemw.storage._base import Hit, Usage
 
 __all__ = ["build_report", "print_report"]

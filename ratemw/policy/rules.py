@@ -6,8 +6,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ratemw._exceptions import ConfigurationError
-from ratemw._groups import CostValue, LimitGroup, LimitValue, groups_from
+from ratemw.errors import ConfigurationError
+from ratemw.policy.groups import CostValue, LimitGroup, LimitValue, groups_from
 
 # Route parameters, as Starlette and FastAPI write them ({id}, {id:int}, {rest:path}) and as
 # Flask and Werkzeug do (<id>, <int:id>, <path:rest>).

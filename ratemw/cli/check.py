@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ratemw._cli_project import load_config
-from ratemw._groups import LimitGroup
+from ratemw.cli.project import load_config
+from ratemw.policy.groups import LimitGroup
 from ratemw.config import Config
 
 __all__ = ["run_check"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ratemw._exceptions import ConfigurationError
+from ratemw.errors import ConfigurationError
 
 __all__ = ["ENV_ENABLED", "ENV_STORAGE", "environment"]
 

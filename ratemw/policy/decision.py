@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ratemw._quota import Quota
+from ratemw.policy.limits import Quota
 from ratemw.storage._base import Usage
 
 PROBLEM_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ratemw._decision import encode_body
-from ratemw._exceptions import RateLimitExceeded
+from ratemw.policy.decision import encode_body
+from ratemw.errors import RateLimitExceeded
 
 UNAVAILABLE_TYPE = "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
 UNAVAILABLE_RETRY_AFTER = 1

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import limits
 
-from ratemw._exceptions import ConfigurationError
+from ratemw.errors import ConfigurationError
 
 _SEPARATORS = re.compile(r"[,;|]")
 #: The longest window a quota may have, and the largest amount: beyond them no real quota

@@ -18,9 +18,9 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ratemw._decision import Decision, decide, rate_limit_headers, sf_string
-from ratemw._exceptions import ConfigurationError, StorageCallError, StorageError
-from ratemw._groups import (
+from ratemw.policy.decision import Decision, decide, rate_limit_headers, sf_string
+from ratemw.errors import ConfigurationError, StorageCallError, StorageError
+from ratemw.policy.groups import (
     TAKES_KEY,
     TAKES_NOTHING,
     LimitGroup,
@@ -28,10 +28,10 @@ from ratemw._groups import (
     valid_identity,
     valid_limit,
 )
-from ratemw._plans import Entry, Plan, Slot, key_tail, storage_key, unique_name
-from ratemw._quota import Quota, checked_quotas
+from ratemw.engine.plans import Entry, Plan, Slot, key_tail, storage_key, unique_name
+from ratemw.policy.limits import Quota, checked_quotas
 from ratemw._redact import describe_error
-from ratemw._reporting import (
+from ratemw.engine.reporting import (
     COST,
     DEDUCT,
     EXEMPT,
@@ -50,8 +50,8 @@ from ratemw.keys import UNKNOWN_CLIENT, client_ip
 from ratemw.storage._base import CONCURRENCY, Batch, Hit, Usage
 
 if TYPE_CHECKING:
-    from ratemw._exceptions import RateLimitExceeded
-    from ratemw._limiter import Limiter
+    from ratemw.errors import RateLimitExceeded
+    from ratemw.limiter import Limiter
 
 __all__ = [
     "Outcome",

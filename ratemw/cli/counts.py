@@ -11,12 +11,12 @@ import json
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ratemw._cli_project import load_config
-from ratemw._cli_report import build_report, print_report
-from ratemw._core import _hit, storage_key
-from ratemw._exceptions import ConfigurationError
-from ratemw._groups import LimitGroup, groups_from
-from ratemw._limiter import Limiter
+from ratemw.cli.project import load_config
+from ratemw.cli.report import build_report, print_report
+from ratemw.engine.decide import _hit, storage_key
+from ratemw.errors import ConfigurationError
+from ratemw.policy.groups import LimitGroup, groups_from
+from ratemw.limiter import Limiter
 from ratemw.config import Config
 from ratemw.storage._base import Hit
 

@@ -9,11 +9,11 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
-from ratemw._breaker import CircuitBreaker
-from ratemw._core import KeptBatches, KeyHasher
-from ratemw._decision import HEADER_MODES, Decision
-from ratemw._exceptions import ConfigurationError
-from ratemw._groups import (
+from ratemw.engine.breaker import CircuitBreaker
+from ratemw.engine.decide import KeptBatches, KeyHasher
+from ratemw.policy.decision import HEADER_MODES, Decision
+from ratemw.errors import ConfigurationError
+from ratemw.policy.groups import (
     FAILURE_MODES,
     CostValue,
     LimitGroup,
@@ -22,11 +22,11 @@ from ratemw._groups import (
     check_callable,
     groups_from,
 )
-from ratemw._plans import Plan, compile_plan
-from ratemw._quota import Quota, parse_limit_list, strategy_problem
+from ratemw.engine.plans import Plan, compile_plan
+from ratemw.policy.limits import Quota, parse_limit_list, strategy_problem
 from ratemw._redact import redact_uri
-from ratemw._reporting import FailureLog
-from ratemw._rules import Rule, check_rules, rule_groups
+from ratemw.engine.reporting import FailureLog
+from ratemw.policy.rules import Rule, check_rules, rule_groups
 from ratemw.keys import client_ip
 from ratemw.storage import StorageBackends
 from ratemw.storage._base import CONCURRENCY, STRATEGIES

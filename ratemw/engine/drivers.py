@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from ratemw._core import (
+from ratemw.engine.decide import (
     Outcome,
     Plan,
     Step,
@@ -24,11 +24,11 @@ from ratemw._core import (
     fast_outcome,
     instant_hits,
 )
-from ratemw._exceptions import StorageCallError
+from ratemw.errors import StorageCallError
 from ratemw.storage._base import CONCURRENCY, AsyncStorage, Hit, Storage
 
 if TYPE_CHECKING:
-    from ratemw._limiter import Limiter
+    from ratemw.limiter import Limiter
 
 _local = threading.local()
 

@@ -38,14 +38,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ratemw._config_env import ENV_ENABLED, ENV_STORAGE, environment
-from ratemw._config_file import CONFIG_FILES, find, parse, read
-from ratemw._config_file import tomllib as tomllib  # the TOML reader: tomli on Python 3.10
-from ratemw._config_rules import build_rules
-from ratemw._config_values import Where, check, setting
-from ratemw._exceptions import ConfigurationError
-from ratemw._limiter import Limiter
-from ratemw._rules import Rule
+from ratemw.config.env import ENV_ENABLED, ENV_STORAGE, environment
+from ratemw.config.file import CONFIG_FILES, find, parse, read
+from ratemw.config.file import tomllib as tomllib  # the TOML reader: tomli on Python 3.10
+from ratemw.config.rules import build_rules
+from ratemw.config.values import Where, check, setting
+from ratemw.errors import ConfigurationError
+from ratemw.limiter import Limiter
+from ratemw.policy.rules import Rule
 
 __all__ = ["CONFIG_FILES", "Config", "load", "loads"]
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ratemw._exceptions import ConfigurationError
+from ratemw.errors import ConfigurationError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -11,14 +11,14 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ratemw._decision import sf_string
-from ratemw._groups import LimitGroup
-from ratemw._quota import Quota
+from ratemw.policy.decision import sf_string
+from ratemw.policy.groups import LimitGroup
+from ratemw.policy.limits import Quota
 from ratemw.keys import client_ip, header
 from ratemw.storage._base import CONCURRENCY
 
 if TYPE_CHECKING:
-    from ratemw._limiter import Limiter
+    from ratemw.limiter import Limiter
 
 #: Plans are cached per request line (method, path, host). A part longer than this (a
 #: caller's invention: real routes are short) is planned afresh each time instead, so a cache

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ratemw._decision import Decision, PolicyState
+    from ratemw.policy.decision import Decision, PolicyState
 
 
 class RatemwError(Exception):

@@ -25,10 +25,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ratemw._cli_check import run_check
-from ratemw._cli_counts import run_inspect, run_reset
-from ratemw._cli_demo import run_demo
-from ratemw._exceptions import RatemwError
+from ratemw.cli.check import run_check
+from ratemw.cli.counts import run_inspect, run_reset
+from ratemw.cli.demo import run_demo
+from ratemw.errors import RatemwError
 
 __all__ = ["main"]
 

@@ -10,11 +10,11 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ratemw._decision import Decision, denial_headers, problem_body
-from ratemw._exceptions import RateLimitExceeded
+from ratemw.policy.decision import Decision, denial_headers, problem_body
+from ratemw.errors import RateLimitExceeded
 
 if TYPE_CHECKING:
-    from ratemw._limiter import Limiter
+    from ratemw.limiter import Limiter
 
 logger = logging.getLogger("ratemw")
 

@@ -1,4 +1,10 @@
-"""``RateLimitMiddleware``: the pure ASGI adapter (Starlette, FastAPI, any ASGI app)."""
+"""``RateLimitMiddleware``: the ASGI adapter (Starlette, FastAPI, any ASGI app).
+
+It translates; it does not decide. Per request: find the plan of the request line (route
+resolution on a miss, ``routes.starlette``), ask the limiter's engine to decide, then answer
+the refusal or pass the request on with the headers added to the response start (the body is
+never buffered), and settle once the response is over where the outcome needs it.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,13 @@ import anyio
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ratemw.engine.decide import Outcome, Plan, ResponseInfo, settle
-from ratemw.engine.drivers import adecide_request, arun
-from ratemw._endpoints import APPLIED, Planner
+from ratemw.engine import APPLIED, Engine, Outcome, Plan, Planner, ResponseInfo
 from ratemw.errors import ConfigurationError, RateLimitExceeded
-from ratemw.limiter import Limiter
-from ratemw.policy.problems import encode_headers, exceeded_response, unavailable_response
-from ratemw.routes.starlette import Resolution, resolve, route_path
-from ratemw.policy.rules import Rule
 from ratemw.keys import ScopeHolder
+from ratemw.limiter import Limiter
+from ratemw.policy.problems import exceeded_response, unavailable_response
+from ratemw.policy.rules import Rule
+from ratemw.routes.starlette import Resolution, resolve, route_path
 
 _POLICY_VIOLATION = 1008
 
@@ -62,7 +66,7 @@ class RateLimitMiddleware:
         self.limiter = limiter
         self.rules = limiter.check_rules(rules)
         self.handler = handler
-        self._planner = Planner(limiter, self.rules)
+        self._planner = Planner(self.rules)
         self._documented = False
 
     def __repr__(self) -> str:
@@ -76,23 +80,21 @@ class RateLimitMiddleware:
             return
         if getattr(app.openapi, "_ratemw_documented", False):
             return  # the app called document_rate_limits itself
-        from ratemw.contrib.openapi import install
+        from ratemw.openapi import install, registrations
 
         # Rules given through app.add_middleware are found there; others are passed on.
-        registered = any(
-            getattr(m, "cls", None) is RateLimitMiddleware
-            and getattr(m, "kwargs", {}).get("limiter") is self.limiter
-            for m in getattr(app, "user_middleware", ())
-        )
+        registered = bool(registrations(app, self.limiter))
         install(app, self.limiter, () if registered else self.rules, by="middleware")
 
-    def _plan(self, scope: Scope, method: str, path: str) -> Plan:
+    def _plan(self, engine: Engine, scope: Scope, method: str, path: str) -> Plan:
         # Everything stock routing reads: the type, method, host, root path and path. Routes
-        # that read more are planned afresh on every request (see _routing).
+        # that read more are planned afresh on every request (see routes.starlette).
         cache_key = (scope["type"], method, _host(scope), scope.get("root_path", ""), path)
-        plan = self._planner.plans.get(cache_key)
+        plan = self._planner.get(engine, cache_key)
         if plan is None:
-            plan = self._planner.plan(cache_key, route_path(scope), method, self._route, scope)
+            plan = self._planner.plan(
+                engine, cache_key, route_path(scope), method, self._route, scope
+            )
         return plan
 
     def _route(self, scope: Scope) -> Resolution:
@@ -101,9 +103,14 @@ class RateLimitMiddleware:
             self._document(scope.get("app"))
         return resolve(scope.get("app") or self.app, dict(scope))
 
+    #: The same limiter's middleware given as ``app.add_middleware(RateLimitMiddleware, ...)``
+    #: is recognised by this mark (``ratemw.openapi`` finds its rules).
+    ratemw_adapter = True
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
-        if (scope_type != "http" and scope_type != "websocket") or not self.limiter.enabled:
+        engine = self.limiter.engine
+        if (scope_type != "http" and scope_type != "websocket") or not engine.settings.enabled:
             await self.app(scope, receive, send)
             return
         applied = scope.get(APPLIED)
@@ -114,32 +121,33 @@ class RateLimitMiddleware:
         # unmarked after, so a caller that reuses one scope has each request limited.
         scope[APPLIED] = (*(applied or ()), self.limiter)
         try:
-            await self._limit(scope, receive, send, scope_type)
+            await self._limit(engine, scope, receive, send, scope_type)
         finally:
             if applied is None:
                 scope.pop(APPLIED, None)
             else:
                 scope[APPLIED] = applied
 
-    async def _limit(self, scope: Scope, receive: Receive, send: Send, scope_type: str) -> None:
+    async def _limit(
+        self, engine: Engine, scope: Scope, receive: Receive, send: Send, scope_type: str
+    ) -> None:
         method = scope["method"] if scope_type == "http" else "WEBSOCKET"
         path = scope["path"]
-        plan = self._plan(scope, method, path)
+        plan = self._plan(engine, scope, method, path)
         if not plan.entries:
             await self.app(scope, receive, send)
             return
-        limiter = self.limiter
         request: Any
         if plan.needs_request:
             request = Request(scope, receive) if scope_type == "http" else HTTPConnection(scope)
         else:
             request = ScopeHolder(scope)  # nothing will look past request.scope
-        outcome = await adecide_request(limiter, plan, request, method, path)
+        outcome = await engine.adecide(plan, request, method, path)
         if outcome.exceeded is not None or outcome.unavailable:
             await self._refuse(scope, receive, send, request, outcome)
             return
         if outcome.needs_settling:
-            await self._call_and_settle(scope, receive, send, outcome)
+            await self._call_and_settle(engine, scope, receive, send, outcome)
             return
         if not outcome.headers or scope_type != "http":
             await self.app(scope, receive, send)
@@ -154,7 +162,7 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send_with_headers)
 
     async def _call_and_settle(
-        self, scope: Scope, receive: Receive, send: Send, outcome: Outcome
+        self, engine: Engine, scope: Scope, receive: Receive, send: Send, outcome: Outcome
     ) -> None:
         """Call the app, then free concurrency slots and settle refunds, whatever happens."""
         extra = encode_headers(outcome.headers) if scope["type"] == "http" else []
@@ -177,7 +185,7 @@ class RateLimitMiddleware:
             info = response
             # A client that went away cancels the request; the slot must still be freed.
             with anyio.CancelScope(shield=True):
-                await arun(self.limiter, settle(self.limiter, outcome, info))
+                await engine.asettle(outcome, info)
 
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, request: Any, outcome: Outcome
@@ -206,6 +214,19 @@ class RateLimitMiddleware:
             await send({"type": "http.response.body", "body": body})
             return
         await _refuse_websocket(scope, receive, send, status, headers, body)
+
+
+_RAW_NAMES: dict[str, bytes] = {}  # the header names ratemw sends: a handful
+
+
+def encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """ASGI header pairs: lower-case names (encoded once each) and latin-1 values."""
+    names = _RAW_NAMES
+    return [
+        (names.get(name) or names.setdefault(name, name.lower().encode("latin-1")),
+         value.encode("latin-1"))
+        for name, value in headers
+    ]  # fmt: skip
 
 
 def _host(scope: Scope) -> bytes:

@@ -1,77 +1,46 @@
-"""The ``Limiter``: configuration, the route decorators and the storage it counts in."""
+"""The ``Limiter``: an app's rate-limit configuration and the route decorators.
+
+The limiter holds settings (checked when it is built, fixed after) and declarations (what
+the decorators attach to endpoints); what runs requests is its ``engine``
+(``ratemw.engine.Engine``), built from them. The adapters call the engine.
+"""
 
 from __future__ import annotations
 
-import logging
 import time
-import uuid
-import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from dataclasses import replace
+from typing import Any, TypeVar
 
-from ratemw.engine.breaker import CircuitBreaker
-from ratemw.engine.decide import KeptBatches, KeyHasher
-from ratemw.policy.decision import HEADER_MODES, Decision
-from ratemw.errors import ConfigurationError
-from ratemw.policy.groups import (
-    FAILURE_MODES,
-    CostValue,
-    LimitGroup,
-    LimitValue,
-    by_request,
-    check_callable,
-    groups_from,
-)
-from ratemw.engine.plans import Plan, compile_plan
-from ratemw.policy.limits import Quota, parse_limit_list, strategy_problem
 from ratemw._redact import redact_uri
-from ratemw.engine.reporting import FailureLog
-from ratemw.policy.rules import Rule, check_rules, rule_groups
-from ratemw.keys import client_ip
+from ratemw.engine import Declarations, Engine, Metrics, Settings, Storages
+from ratemw.engine.breaker import CircuitBreaker
+from ratemw.engine.failures import FailureLog
+from ratemw.engine.hits import KeyHasher
+from ratemw.engine.settings import build_settings, check_groups, check_rules
+from ratemw.errors import ConfigurationError
+from ratemw.policy.groups import CostValue, LimitGroup, LimitValue, by_request, check_callable
+from ratemw.policy.groups import groups_from
+from ratemw.policy.rules import Rule
 from ratemw.storage import StorageBackends
-from ratemw.storage._base import CONCURRENCY, STRATEGIES
-from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
-from ratemw.storage.memory import wall_clock_ms
+from ratemw.storage._base import STRATEGIES
+
+__all__ = ["Limiter", "Metrics"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 
-logger = logging.getLogger("ratemw")
-
-
-
-class Metrics(Protocol):
-    """What the limiter reports to a metrics collector."""
-
-    def observe(self, route: str, decision: Decision, seconds: float) -> None:
-        """One decided request: its route template, the decision and how long it took."""
-
-    def storage_error(self) -> None:
-        """The storage failed once."""
-NO_ROUTE = "<no route>"
+#: Settings that shape the storage or its keys: fixed for a limiter's life.
+_FIXED = frozenset({"storage", "strategy", "key_prefix", "storage_options", "clock", "breaker"})
 
 
-def _header_modes(headers: Any) -> tuple[str, ...]:
-    if headers is None or headers is False:
-        return ()
-    if headers is True:
-        return ("draft-10",)
-    modes = (headers,) if isinstance(headers, str) else tuple(headers)
-    for mode in modes:
-        if mode not in HEADER_MODES:
-            raise ConfigurationError(
-                f"unknown headers mode {mode!r}; expected one of {list(HEADER_MODES)}, "
-                "a list of them, or False for none"
-            )
-    return modes
+def _monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
 
-# Settings that plans and kept hits are compiled from, and that may be changed on a limiter
-# in use (see Limiter.watch_plans). The storage, strategy and key prefix may not.
-_PLANNED = frozenset({
-    "key", "shadow", "header_modes", "metrics", "on_breach", "on_near_limit", "on_storage_error",
-    "default_groups", "application_groups", "rules",
-})
+def _redis_serves(strategy: str) -> bool:
+    from ratemw.storage.redis import serves
+
+    return serves(strategy)
 
 
 class Limiter:
@@ -127,6 +96,13 @@ class Limiter:
             default 3), ``backoff`` (seconds it first stays open, 0.5), ``max_backoff`` (2).
         metrics: an object with ``observe(route, decision, seconds)`` and ``storage_error()``,
             such as ``ratemw.metrics.PrometheusMetrics()``.
+        fallback_limits: the limits a limit callable that fails falls back to, when it has
+            no ``fallback=`` of its own (default: the static ``default_limits``).
+
+    A limiter's settings are fixed once it is built: assigning one raises. To change them on
+    a limiter in use, call ``reconfigure``, which checks the new settings and builds a new
+    engine (the storage, its counts and its health are kept). The route decorators may be
+    used at any time: a route decorated after it was first served is planned again.
     """
 
     def __init__(
@@ -154,158 +130,131 @@ class Limiter:
         breaker: dict[str, Any] | None = None,
         fallback_limits: str | Iterable[str] | None = None,
     ) -> None:
-        if strategy not in STRATEGY_IMPLEMENTATIONS or strategy == CONCURRENCY:
-            known = [s for s in STRATEGY_IMPLEMENTATIONS if s != CONCURRENCY]
-            raise ConfigurationError(f"unknown strategy {strategy!r}; expected one of {known}")
-        if not (isinstance(concurrency_timeout, int | float) and concurrency_timeout > 0):
-            raise ConfigurationError(
-                f"invalid concurrency_timeout {concurrency_timeout!r}: expected seconds > 0"
-            )
-        if failure_mode not in FAILURE_MODES:
-            raise ConfigurationError(
-                f"unknown failure_mode {failure_mode!r}; expected one of {list(FAILURE_MODES)}"
-            )
-        if not isinstance(key_prefix, str) or not key_prefix or "{" in key_prefix:
-            raise ConfigurationError(
-                f"invalid key_prefix {key_prefix!r}: expected a non-empty string without braces"
-            )
-        if not (0 < near_limit_ratio <= 1):
-            raise ConfigurationError(
-                f"invalid near_limit_ratio {near_limit_ratio!r}: expected a number in (0, 1]"
-            )
-        for name, hook in (
-            ("key", key),
-            ("on_breach", on_breach),
-            ("on_near_limit", on_near_limit),
-            ("on_storage_error", on_storage_error),
-            ("clock", clock),
-        ):
-            check_callable(hook, name)
-        self.storage_uri = storage
-        self.storage_uri_redacted = redact_uri(storage) if isinstance(storage, str) else storage
-        self.strategy = strategy
-        self.clock_ms: Callable[[], int] = clock or wall_clock_ms
-        self.backends = StorageBackends(
+        arguments = dict(locals())
+        del arguments["self"]
+        if isinstance(rules, Iterable) and not isinstance(rules, str):
+            arguments["rules"] = tuple(rules)
+        name = redact_uri(storage) if isinstance(storage, str) else repr(storage)
+        settings = build_settings(arguments, storage_name=name)
+        backends = StorageBackends(
             storage, options=storage_options, clock=clock, key_prefix=key_prefix
         )
-        if self.backends.scheme != "memory" and not _redis_serves(strategy):
+        if backends.scheme != "memory" and not _redis_serves(strategy):
             raise ConfigurationError(
-                f"strategy {strategy!r} is not served by {self.backends.scheme!r} storage: "
+                f"strategy {strategy!r} is not served by {backends.scheme!r} storage: "
                 f"Redis storages count {list(STRATEGIES)} and strategies of your own that "
                 "bring their Lua (a 'lua' attribute)"
             )
-        self._fallback: StorageBackends | None = None
-        self.key: Callable[[Any], Any] = by_request(key) or client_ip()
-        self.header_modes = _header_modes(headers)
-        self.failure_mode = failure_mode
-        self.shadow = bool(shadow)
-        self.enabled = bool(enabled)
-        self.on_breach = on_breach
-        self.on_near_limit = on_near_limit
-        self.on_storage_error = on_storage_error
-        self.key_prefix = key_prefix
-        self.key_head = key_prefix + ":{"  # storage keys: prefix:{digest}:bucket:...
-        self.metrics = metrics
-        self.concurrency_timeout_ms = round(concurrency_timeout * 1000)
-        self.instance_id = uuid.uuid4().hex[:12]
-        self.near_limit_ratio_permille = round(near_limit_ratio * 1000)
-        self.request_filters: tuple[Callable[[Any], Any], ...] = ()
-        default = groups_from("default", default_limits)
-        self.fallback_quotas = _fallback_quotas(fallback_limits, default)
-        self.default_groups = self._check_groups(default)
-        self.application_groups = self._check_groups(
-            groups_from("application", application_limits, bucket="*", name_prefix="app-")
+        state = self.__dict__
+        state["_arguments"] = arguments
+        state["_declarations"] = Declarations()
+        state["_storages"] = Storages(
+            backends, CircuitBreaker(name=name, **(breaker or {}))
         )
-        self.rules = self.check_rules(rules)
-        self.hash_key = KeyHasher()
-        self.batches = KeptBatches()
-        self.failures = FailureLog(clock or _monotonic_ms)
-        # Declarations by the id of what was decorated (which need not be hashable), each
-        # with the object itself, kept alive so that its id is never reused.
-        self._endpoint_groups: dict[int, tuple[Any, tuple[LimitGroup, ...]]] = {}
-        self._exempt: dict[int, Any] = {}
-        self.breaker = CircuitBreaker(name=self.storage_uri_redacted, **(breaker or {}))
-        self.plan_generation = 0  # how many times planned settings changed
-        self._plan_caches: list[weakref.ref[Any]] = []  # appended and copied atomically
+        state["_failures"] = FailureLog(clock or _monotonic_ms)
+        state["_hasher"] = KeyHasher()
+        state["engine"] = self._build(settings)
+
+    def _build(self, settings: Settings) -> Engine:
+        return Engine(settings, self._declarations, self._storages, self._failures, self._hasher)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "rules":  # validated however they are set, as a tuple
-            value = self.check_rules(value)
-        super().__setattr__(name, value)
-        if name in _PLANNED and "_plan_caches" in self.__dict__:
-            self._plans_changed()
+        raise AttributeError(
+            f"a Limiter's settings are fixed once it is built (tried to set {name!r}); "
+            "call limiter.reconfigure(...) to change them on a limiter in use"
+        )
 
-    def _plans_changed(self) -> None:
-        # Plans and kept hits were compiled from what changed: forget them. A plan compiled
-        # meanwhile carries the old generation, so it is not kept either.
-        self.plan_generation += 1
-        self.batches.kept.clear()
-        for ref in list(self._plan_caches):
-            cache = ref()
-            if cache is not None:
-                cache.forget_plans()
+    def reconfigure(self, **changes: Any) -> None:
+        """Change settings of a limiter in use: they are checked as at start-up, then a new
+        engine takes over. Plans are made again; counts and the storage are kept.
 
-    def watch_plans(self, cache: Any) -> None:
-        """Have ``cache.forget_plans()`` called when a setting its plans depend on changes.
+        The storage, strategy, key prefix, storage options, clock and breaker are fixed for
+        a limiter's life (they shape its storage); build a new ``Limiter`` to change them.
 
-        Plans (and callers' kept hits) are compiled from the limiter's key, shadow flag,
-        header modes, hooks, metrics, rules, default and application limits, and its route
-        decorators: setting any of these (or decorating a route) on a limiter in use makes
-        the middlewares plan again. A cache keeps a plan only if ``plan.generation`` is still
-        ``limiter.plan_generation``.
+        Example::
+
+            limiter.reconfigure(shadow=True)            # report, stop enforcing
+            limiter.reconfigure(default_limits="50/minute")
         """
-        alive = [ref for ref in self._plan_caches if ref() is not None]
-        self._plan_caches = [*alive, weakref.ref(cache)]
+        unknown = sorted(set(changes) - set(self._arguments))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown Limiter setting(s) {unknown}; expected some of "
+                f"{sorted(set(self._arguments) - _FIXED)}"
+            )
+        fixed = sorted(set(changes) & _FIXED)
+        if fixed:
+            raise ConfigurationError(
+                f"{fixed} cannot change on a limiter in use (they shape its storage): "
+                "build a new Limiter"
+            )
+        arguments = {**self._arguments, **changes}
+        if "rules" in changes and not isinstance(changes["rules"], str):
+            arguments["rules"] = tuple(changes["rules"])
+        settings = build_settings(
+            arguments,
+            storage_name=self.engine.settings.storage_name,
+            request_filters=self.engine.settings.request_filters,
+        )
+        check_groups(self._declarations.all_groups(), settings.strategy, settings.fallback_quotas)
+        self.__dict__["_arguments"] = arguments
+        self.__dict__["engine"] = self._build(settings)
 
     def __repr__(self) -> str:
+        settings = self.engine.settings
         return (
-            f"Limiter(storage={self.storage_uri_redacted!r}, strategy={self.strategy!r}, "
-            f"enabled={self.enabled!r})"
+            f"Limiter(storage={settings.storage_name!r}, strategy={settings.strategy!r}, "
+            f"enabled={settings.enabled!r})"
         )
+
+    # -- what it was built with (read-only) --------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The checked settings its engine runs by."""
+        return self.engine.settings
+
+    @property
+    def enabled(self) -> bool:
+        return self.engine.settings.enabled
+
+    @property
+    def strategy(self) -> str:
+        return self.engine.settings.strategy
+
+    @property
+    def storage_uri(self) -> str:
+        return str(self._arguments["storage"])
+
+    @property
+    def backends(self) -> StorageBackends:
+        """The storage's sync and async faces."""
+        return self._storages.backends
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._storages.breaker
+
+    @property
+    def fallback_storage(self) -> StorageBackends:
+        """The per-process memory storage of ``failure_mode="fallback"``."""
+        return self._storages.fallback
+
+    def check_rules(self, rules: Iterable[Any]) -> tuple[Rule, ...]:
+        """Validate rules for this limiter (a middleware's ``rules=``)."""
+        return check_rules(rules, self.engine.settings)
 
     # -- decorators ---------------------------------------------------------------------------
 
-    def _check_groups(self, groups: tuple[LimitGroup, ...]) -> tuple[LimitGroup, ...]:
-        """Refuse quotas this limiter's strategy cannot count (a burst needs GCRA), and limit
-        callables with nothing to fall back on."""
-        for group in groups:
-            for quota in (*(group.quotas or ()), *group.fallback_quotas):
-                problem = strategy_problem(quota, self.strategy)
-                if problem is not None:
-                    raise ConfigurationError(f"limit {group.limit!r} {problem}")
-            if group.quotas is None and not (group.fallback_quotas or self.fallback_quotas):
-                raise ConfigurationError(
-                    f"limit callable {group.limit!r} has no fallback: pass fallback= (e.g. "
-                    "fallback='60/minute'), or give the Limiter fallback_limits= or static "
-                    "default_limits=, so that a callable that fails never leaves the route "
-                    "unlimited"
-                )
-        return groups
+    def _declare(self, groups: tuple[LimitGroup, ...]) -> Callable[[F], F]:
+        settings = self.engine.settings
+        check_groups(groups, settings.strategy, settings.fallback_quotas)
 
-    def check_rules(self, rules: Iterable[Any]) -> tuple[Rule, ...]:
-        """Validate rules for this limiter (also used by the middlewares' ``rules=``)."""
-        checked = check_rules(rules)
-        for rule in checked:
-            self._check_groups(rule.groups)
-        return checked
-
-    def _register(self, groups: tuple[LimitGroup, ...]) -> Callable[[F], F]:
         def decorator(endpoint: F) -> F:
-            _, known = self._endpoint_groups.get(id(endpoint), (endpoint, ()))
-            self._endpoint_groups[id(endpoint)] = (endpoint, known + groups)
-            self._plans_changed()  # a route served before it was decorated is planned again
+            self._declarations.add(endpoint, groups)  # a route served before is planned again
             return endpoint
 
         return decorator
-
-    def declared(self, target: Any) -> tuple[LimitGroup, ...]:
-        """The limit groups declared on ``target`` by ``limit`` and ``shared_limit``."""
-        found = self._endpoint_groups.get(id(target))
-        return found[1] if found is not None and found[0] is target else ()
-
-    def is_exempt(self, target: Any) -> bool:
-        """Whether ``target`` was exempted with ``exempt``."""
-        return self._exempt.get(id(target), None) is target and target is not None
 
     def limit(
         self,
@@ -360,8 +309,8 @@ class Limiter:
         all; a limit callable whose one parameter is named ``key`` gets the caller's
         identity. What each does when it fails is in docs/headers-and-errors.md.
         """
-        return self._register(
-            self._check_groups(groups_from(
+        return self._declare(
+            groups_from(
                 "route",
                 limit,
                 key=key,
@@ -375,7 +324,7 @@ class Limiter:
                 failure_mode=failure_mode,
                 fallback=fallback,
                 error_message=error_message,
-            ))
+            )
         )
 
     def shared_limit(
@@ -407,8 +356,8 @@ class Limiter:
         """
         if not isinstance(scope, str) or not scope:
             raise ConfigurationError(f"invalid shared_limit scope {scope!r}: expected a name")
-        return self._register(
-            self._check_groups(groups_from(
+        return self._declare(
+            groups_from(
                 "shared",
                 limit,
                 bucket=scope,
@@ -424,13 +373,12 @@ class Limiter:
                 failure_mode=failure_mode,
                 fallback=fallback,
                 error_message=error_message,
-            ))
+            )
         )
 
     def exempt(self, endpoint: F) -> F:
         """Exempt a route from every limit (defaults, application limits and rules included)."""
-        self._exempt[id(endpoint)] = endpoint
-        self._plans_changed()
+        self._declarations.exempt(endpoint)
         return endpoint
 
     def request_filter(self, fn: F) -> F:
@@ -447,126 +395,21 @@ class Limiter:
                 return request.headers.get("x-internal-token") == SECRET
         """
         check_callable(fn, "request_filter")
-        self.request_filters = (*self.request_filters, by_request(fn))
-        self._plans_changed()
+        settings = self.engine.settings
+        filters = (*settings.request_filters, by_request(fn))
+        self.__dict__["engine"] = self._build(replace(settings, request_filters=filters))
         return fn
 
-    # -- planning -----------------------------------------------------------------------------
-
-    def plan(
-        self,
-        endpoint: Any,
-        template: str | None,
-        path: str,
-        method: str,
-        extra_rules: tuple[Rule, ...] = (),
-    ) -> Plan:
-        """Which limit groups apply to a request on ``endpoint`` at ``path``.
-
-        Declarations are looked for on the endpoint, on what it wraps (``functools.wraps``
-        decorators, the class behind an ``as_view()`` function) and on a class's method
-        handler. Defaults apply when none of the route's own limits covers ``method``.
-        """
-        # Read first: a plan compiled while a declaration or setting changes must carry the
-        # generation before the change, so that no cache keeps it.
-        generation = self.plan_generation
-        template = template or NO_ROUTE
-        targets = _declaration_targets(endpoint, method)
-        if any(self.is_exempt(target) for target in targets):
-            return Plan(template, (), generation=generation)
-        own = [g for target in targets for g in self.declared(target)]
-        own.extend(rule_groups(self.rules + extra_rules, path))
-        own = [g for g in own if g.applies_to(method)]
-        groups = own
-        if not own or any(not g.override_defaults for g in own):
-            groups = groups + list(self.default_groups)
-        groups.extend(self.application_groups)
-        return compile_plan(self, template, groups, method, generation)
-
-    @property
-    def has_hooks(self) -> bool:
-        return bool(self.on_breach or self.on_near_limit or self.on_storage_error)
-
-    @property
-    def fast_reporting(self) -> bool:
-        """Admitted requests need no hooks, metrics or header mode beyond draft-10."""
-        return (
-            self.on_near_limit is None
-            and self.metrics is None
-            and not self.request_filters
-            and not self.shadow
-            and (not self.header_modes or self.header_modes == ("draft-10",))
-        )
-
     # -- storage ------------------------------------------------------------------------------
-
-    @property
-    def fallback_storage(self) -> StorageBackends:
-        if self._fallback is None:
-            self._fallback = StorageBackends("memory://", clock=self.clock_ms)
-        return self._fallback
 
     def reset(self) -> None:
         """Forget every count (sync storage; for tests and admin tasks)."""
         self.backends.sync.reset()
-        if self._fallback is not None:
-            self._fallback.sync.reset()
+        if self._storages.has_fallback:
+            self._storages.fallback.sync.reset()
 
     async def areset(self) -> None:
         """Forget every count (async storage)."""
         await self.backends.async_.reset()
-        if self._fallback is not None:
-            await self._fallback.async_.reset()
-
-
-_MAX_UNWRAP = 16
-
-
-def _monotonic_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
-
-
-def _fallback_quotas(
-    fallback_limits: str | Iterable[str] | None, default: tuple[LimitGroup, ...]
-) -> tuple[Quota, ...]:
-    """The limiter's fallback limits: ``fallback_limits``, else its static default limits."""
-    if fallback_limits is not None:
-        if not isinstance(fallback_limits, str | list | tuple):
-            raise ConfigurationError(
-                f"invalid fallback_limits {fallback_limits!r}: expected a limit string such "
-                "as '60/minute', or a list of them"
-            )
-        return parse_limit_list(fallback_limits, what="fallback_limits")
-    return tuple(quota for group in default for quota in group.quotas or ())
-
-
-def _redis_serves(strategy: str) -> bool:
-    from ratemw.storage.redis import serves
-
-    return serves(strategy)
-
-
-def _declaration_targets(endpoint: Any, method: str) -> list[Any]:
-    """The endpoint, what it wraps, and the method handlers of classes among them."""
-    if endpoint is None:
-        return []
-    targets: list[Any] = []
-    seen: set[int] = set()
-    current = endpoint
-    while current is not None and id(current) not in seen and len(seen) < _MAX_UNWRAP:
-        seen.add(id(current))
-        targets.append(current)
-        view_class = getattr(current, "view_class", None)
-        if isinstance(view_class, type):
-            targets.append(view_class)
-        current = getattr(current, "__wrapped__", None)
-    handlers = [_method_handler(t, method) for t in targets if isinstance(t, type)]
-    return targets + [h for h in handlers if h not in targets]
-
-
-def _method_handler(endpoint: Any, method: str) -> Any:
-    """For class-based endpoints, the method that handles ``method`` (``get`` for ``HEAD``)."""
-    if isinstance(endpoint, type):
-        name = "get" if method == "HEAD" and not hasattr(endpoint, "head") else method.lower()
-        return getattr(endpoint, name, endpoint)
-    return endpoint
+        if self._storages.has_fallback:
+            await self._storages.fallback.async_.reset()

@@ -74,8 +74,8 @@ def reset(limiter: Limiter) -> None:
 def disabled(limiter: Limiter) -> Iterator[Limiter]:
     """Turn the limiter off inside a ``with`` block; restores the previous state after."""
     previous = limiter.enabled
-    limiter.enabled = False
+    limiter.reconfigure(enabled=False)
     try:
         yield limiter
     finally:
-        limiter.enabled = previous
+        limiter.reconfigure(enabled=previous)

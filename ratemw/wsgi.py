@@ -14,16 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from ratemw.engine.decide import Outcome, ResponseInfo, settle
-from ratemw.engine.drivers import decide_request, run
-from ratemw._endpoints import APPLIED, Planner
 from ratemw._environ import request_path, route_path, wsgi_scope
+from ratemw.engine import APPLIED, Engine, Outcome, Planner, ResponseInfo
 from ratemw.errors import ConfigurationError, RateLimitExceeded
-from ratemw.policy.groups import is_async_callable
+from ratemw.keys import ScopeHolder
 from ratemw.limiter import Limiter
+from ratemw.policy.groups import is_async_callable
 from ratemw.policy.problems import exceeded_response, unavailable_response
 from ratemw.policy.rules import Rule
-from ratemw.keys import ScopeHolder
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -54,11 +52,11 @@ def _framework_routes(app: Any) -> RouteResolver | None:
     """
     owner = getattr(app, "__self__", app)  # Flask's app.wsgi_app is a bound method
     if hasattr(owner, "url_map") and hasattr(owner, "view_functions"):
-        from ratemw.contrib.flask import FlaskRoutes
+        from ratemw.routes.flask import FlaskRoutes
 
         return FlaskRoutes(owner)
     if type(owner).__module__.startswith("django.core.handlers."):
-        from ratemw.contrib.django import DjangoRoutes
+        from ratemw.routes.django import DjangoRoutes
 
         return DjangoRoutes()
     return None
@@ -167,7 +165,7 @@ class WSGIRateLimitMiddleware:
         self.rules = limiter.check_rules(rules)
         self.handler = handler
         self.routes = routes if routes is not None else _framework_routes(app)
-        self._planner = Planner(limiter, self.rules)
+        self._planner = Planner(self.rules)
 
     def __repr__(self) -> str:
         rules = list(self.rules)
@@ -175,7 +173,8 @@ class WSGIRateLimitMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         limiter = self.limiter
-        if not limiter.enabled:
+        engine = limiter.engine
+        if not engine.settings.enabled:
             return self.app(environ, start_response)
         applied = environ.get(APPLIED)
         if applied is not None and limiter in applied:
@@ -184,7 +183,7 @@ class WSGIRateLimitMiddleware:
         # from one environ (a test harness) has each of them limited.
         environ[APPLIED] = (*(applied or ()), limiter)
         try:
-            return self._limit(environ, start_response)
+            return self._limit(engine, environ, start_response)
         finally:
             if applied is None:
                 environ.pop(APPLIED, None)
@@ -200,29 +199,33 @@ class WSGIRateLimitMiddleware:
         routes = self.routes
         host = None if routes is None else environ.get("HTTP_HOST", "")
         cache_key = (method, host, path)
-        plan = self._planner.plans.get(cache_key)
+        plan = self._planner.get(engine, cache_key)
         if plan is None:
             # Rules match the path the app routes by, relative to SCRIPT_NAME.
             relative = route_path(environ)
             if routes is None:
-                plan = self._planner.plan(cache_key, relative, method, _no_route)
+                plan = self._planner.plan(engine, cache_key, relative, method, _no_route)
             else:
-                plan = self._planner.plan(cache_key, relative, method, routes, environ)
+                plan = self._planner.plan(engine, cache_key, relative, method, routes, environ)
         if not plan.entries:
             return self.app(environ, start_response)
         scope = wsgi_scope(environ, method, path)
         request: Any = Request(scope) if plan.needs_request else ScopeHolder(scope)
-        outcome = decide_request(limiter, plan, request, method, path)
+        outcome = engine.decide(plan, request, method, path)
         if outcome.exceeded is not None or outcome.unavailable:
             return self._refuse(environ, start_response, request, outcome, path)
         if outcome.needs_settling:
-            return self._call_and_settle(environ, start_response, outcome)
+            return self._call_and_settle(engine, environ, start_response, outcome)
         if not outcome.headers:
             return self.app(environ, start_response)
         return self.app(environ, _adding(start_response, outcome.headers))
 
     def _call_and_settle(
-        self, environ: WSGIEnvironment, start_response: StartResponse, outcome: Outcome
+        self,
+        engine: Engine,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        outcome: Outcome,
     ) -> Iterable[bytes]:
         """Call the app; once the server closes the response, free slots and settle refunds."""
         # Until the app starts a response, a failure means a 500.
@@ -233,7 +236,7 @@ class WSGIRateLimitMiddleware:
             response = ResponseInfo(int(status[:3]), list(headers))
 
         def settle_now() -> None:
-            run(self.limiter, settle(self.limiter, outcome, response))
+            engine.settle(outcome, response)
 
         try:
             result = self.app(environ, _adding(start_response, outcome.headers, watch))

@@ -35,7 +35,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from ratemw import Limiter, RateLimitMiddleware, WSGIRateLimitMiddleware
-from ratemw.engine.decide import MAX_KEY_LENGTH
+from ratemw.engine.hits import MAX_KEY_LENGTH
 from ratemw.testing import FakeClock
 from tests.redis_servers import RedisServer
 

@@ -36,7 +36,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from ratemw import Limiter, RateLimitMiddleware, Rule, keys
-from ratemw.engine.decide import MAX_KEY_LENGTH
+from ratemw.engine.hits import MAX_KEY_LENGTH
 from ratemw.storage.memory import MemoryStorage
 from ratemw.testing import FakeClock
 from ratemw.wsgi import WSGIRateLimitMiddleware

@@ -19,7 +19,6 @@ import pytest
 from starlette.requests import Request
 
 from ratemw import ConfigurationError, Limiter, RateLimitExceeded, Rule, keys
-from ratemw._endpoints import plan_route
 from ratemw.testing import FakeClock
 from ratemw.wsgi import WSGIRateLimitMiddleware, request_path, wsgi_scope
 from tests.conftest import WSGIApp, call, environ_for
@@ -348,8 +347,8 @@ def test_exempt_behind_a_wrapper(clock: FakeClock) -> None:
 def test_undecorated_view_gets_the_defaults(clock: FakeClock) -> None:
     limiter = Limiter(clock=clock, default_limits="1/minute")
     view = _login_required(_as_view(_ItemView))
-    plan = plan_route(limiter, view, "/v", "/v", "GET", ())
-    assert plan == limiter.plan(None, "/v", "/v", "GET", ())
+    plan = limiter.engine.plan(view, "/v", "/v", "GET", ())
+    assert plan == limiter.engine.plan(None, "/v", "/v", "GET", ())
     assert [group.kind for group in plan.groups] == ["default"]
 
 

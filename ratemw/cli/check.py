@@ -30,11 +30,11 @@ def _name(obj: Any) -> str:
 
 
 def _describe(config: Config) -> list[tuple[str, str]]:
-    limiter = config.limiter
+    limiter = config.limiter.settings
     sources = {"storage": "RATEMW_STORAGE", "enabled": "RATEMW_ENABLED"}
     env = {k: v for k, v in sources.items() if v in config.overrides}
     rows = [
-        ("storage", limiter.storage_uri_redacted),
+        ("storage", limiter.storage_name),
         ("strategy", limiter.strategy),
         ("default_limits", _describe_limits(limiter.default_groups)),
         ("application_limits", _describe_limits(limiter.application_groups)),
@@ -44,7 +44,7 @@ def _describe(config: Config) -> list[tuple[str, str]]:
         ("shadow", str(limiter.shadow).lower()),
         ("enabled", str(limiter.enabled).lower()),
         ("key_prefix", limiter.key_prefix),
-        ("near_limit_ratio", f"{limiter.near_limit_ratio_permille / 1000:g}"),
+        ("near_limit_ratio", f"{limiter.near_limit_permille / 1000:g}"),
         ("on_breach", _name(limiter.on_breach)),
         ("on_near_limit", _name(limiter.on_near_limit)),
         ("on_storage_error", _name(limiter.on_storage_error)),

@@ -13,11 +13,12 @@ from typing import Any, TextIO
 
 from ratemw.cli.project import load_config
 from ratemw.cli.report import build_report, print_report
-from ratemw.engine.decide import _hit, storage_key
-from ratemw.errors import ConfigurationError
-from ratemw.policy.groups import LimitGroup, groups_from
-from ratemw.limiter import Limiter
 from ratemw.config import Config
+from ratemw.engine.hits import KeyHasher, make_hit, storage_key
+from ratemw.engine.plans import key_tail
+from ratemw.errors import ConfigurationError
+from ratemw.limiter import Limiter
+from ratemw.policy.groups import LimitGroup, groups_from
 from ratemw.storage._base import Hit
 
 __all__ = ["run_inspect", "run_reset"]
@@ -63,7 +64,7 @@ def _group(args: argparse.Namespace, limiter: Limiter, config: Config | None) ->
     else:
         groups = groups_from("route", limit, **options)
     # Refuse what the limiter would (a burst without GCRA), before touching storage.
-    Limiter(strategy=limiter.strategy, default_limits=limit)
+    Limiter(strategy=limiter.settings.strategy, default_limits=limit)
     return groups[0]
 
 
@@ -72,9 +73,9 @@ def _limit_from_config(args: argparse.Namespace, config: Config | None) -> str:
         limiter = config.limiter
         found: Sequence[LimitGroup] = ()
         if args.app:
-            found = limiter.application_groups
+            found = limiter.settings.application_groups
         elif args.default is not None:
-            found = limiter.default_groups
+            found = limiter.settings.default_groups
         elif args.rule is not None:
             found = [g for r in config.rules if r.path == args.rule for g in r.groups]
         limits = [g.limit for g in found if isinstance(g.limit, str)]
@@ -97,11 +98,12 @@ def _hits(
     """The bucket, and the named hits of a one-unit request, as the middleware builds them."""
     method = (args.method or "GET").upper()
     bucket = group.storage_bucket(_template(args), method)
-    digest = limiter.hash_key(args.key)
+    digest = KeyHasher()(args.key)
+    settings = limiter.settings
     found: list[tuple[str, Hit]] = []
     for quota in group.quotas or ():
-        key = storage_key(limiter, digest, bucket, quota)
-        found.append((group.name_prefix + quota.name, _hit(limiter, key, quota, 1, True)))
+        key = storage_key(settings, digest, key_tail(settings.strategy, bucket, quota))
+        found.append((group.name_prefix + quota.name, make_hit(settings, key, quota, 1, True)))
     return bucket, found
 
 

@@ -46,8 +46,8 @@ def build_report(
         _policy(name, hit, usage) for (name, hit), usage in zip(named, usages, strict=True)
     ]
     return {
-        "storage": limiter.storage_uri_redacted,
-        "strategy": limiter.strategy,
+        "storage": limiter.settings.storage_name,
+        "strategy": limiter.settings.strategy,
         "key": args.key,
         "bucket": bucket,
         "policies": policies,

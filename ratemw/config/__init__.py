@@ -58,7 +58,7 @@ class Config:
     """A loaded configuration.
 
     Attributes:
-        limiter: the ``Limiter``, with the file's rules attached (``limiter.rules``), so
+        limiter: the ``Limiter``, with the file's rules attached (``limiter.settings.rules``), so
             ``RateLimitMiddleware(app, limiter=config.limiter)`` applies them.
         rules: the file's ``[[rules]]``, as ``Rule`` objects.
         source: the file read.

@@ -17,7 +17,7 @@ from typing import Any
 from django.core.signals import setting_changed  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from ratemw._endpoints import Planner
+from ratemw.engine import Planner
 from ratemw.errors import ConfigurationError, RateLimitExceeded
 from ratemw.limiter import Limiter
 from ratemw.policy.rules import Rule
@@ -122,7 +122,7 @@ def _load() -> Config:
             "ratemw is not configured: set settings.RATEMW_LIMITER = 'dotted.path.to.limiter' "
             "or settings.RATEMW = {'default_limits': '100/minute', ...}"
         )
-    return Config(limiter, handler, Planner(limiter, ()))
+    return Config(limiter, handler, Planner())
 
 
 def current() -> Config:

@@ -31,19 +31,15 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.core.handlers.wsgi import get_path_info  # type: ignore[import-untyped]
 from django.http import HttpResponse  # type: ignore[import-untyped]
-from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
 from starlette.requests import Request
 
-from ratemw.engine.decide import Outcome, Plan, ResponseInfo, settle
-from ratemw.engine.drivers import adecide_request, arun, decide_request, run
-from ratemw._endpoints import APPLIED
 from ratemw._environ import wsgi_scope
-from ratemw.limiter import Limiter
-from ratemw.policy.problems import exceeded_response, unavailable_response
 from ratemw.contrib._django_settings import Config, current, get_limiter
+from ratemw.engine import APPLIED, Engine, Outcome, Plan, ResponseInfo
 from ratemw.keys import client_ip
+from ratemw.policy.problems import exceeded_response, unavailable_response
+from ratemw.routes.django import DjangoRoutes, resolve_view
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -51,46 +47,12 @@ if TYPE_CHECKING:
 __all__ = ["DjangoRoutes", "RateLimitMiddleware", "get_limiter", "user_or_ip"]
 
 
-# -- routes ---------------------------------------------------------------------------------
-
-
-def resolve_view(path_info: str, urlconf: Any = None) -> tuple[Any, str | None]:
-    """The view Django will route ``path_info`` to and its URL pattern (``None``s on 404)."""
-    try:
-        match = resolve(path_info, urlconf)
-    except Resolver404:
-        return None, None
-    route = match.route
-    return match.func, route if isinstance(route, str) else None
-
-
-class DjangoRoutes:
-    """``routes=`` resolver for ``WSGIRateLimitMiddleware`` around a whole Django WSGI app.
-
-    Example::
-
-        from django.core.wsgi import get_wsgi_application
-
-        application = WSGIRateLimitMiddleware(
-            get_wsgi_application(), limiter=limiter, routes=DjangoRoutes()
-        )
-
-    Args:
-        urlconf: the URLconf module (or its dotted name); ``settings.ROOT_URLCONF`` by default.
-    """
-
-    def __init__(self, urlconf: Any = None) -> None:
-        self.urlconf = urlconf
-
-    def __call__(self, environ: WSGIEnvironment) -> tuple[Any, str | None]:
-        return resolve_view(get_path_info(environ), self.urlconf)
-
-
 # -- the middleware -------------------------------------------------------------------------
 
 
 class _Pending(NamedTuple):
     config: Config
+    engine: Engine
     plan: Plan
     request: Request
     method: str
@@ -100,7 +62,8 @@ class _Pending(NamedTuple):
 def _prepare(request: Any, is_async: bool) -> _Pending | None:
     config = current()
     limiter = config.limiter
-    if not limiter.enabled:
+    engine = limiter.engine
+    if not engine.settings.enabled:
         return None
     # The same limiter around the whole app too (WSGIRateLimitMiddleware, or the ASGI one):
     # it decided already.
@@ -112,15 +75,16 @@ def _prepare(request: Any, is_async: bool) -> _Pending | None:
     path: str = request.path
     urlconf = getattr(request, "urlconf", None)  # set by middleware such as django-hosts
     path_info: str = request.path_info  # rules match it: relative to SCRIPT_NAME
-    plan = config.planner.plan(
-        (method, path, urlconf), path_info, method, resolve_view, path_info, urlconf
+    cache_key = (method, path, urlconf)
+    plan = config.planner.get(engine, cache_key) or config.planner.plan(
+        engine, cache_key, path_info, method, resolve_view, path_info, urlconf
     )
     if not plan.entries:
         return None
     scope = wsgi_scope(request.META, method, path)
     scope["django.request"] = request
     scope["django.async"] = is_async
-    return _Pending(config, plan, Request(scope), method, path)
+    return _Pending(config, engine, plan, Request(scope), method, path)
 
 
 def _refusal(pending: _Pending, request: Any, outcome: Outcome) -> Any:
@@ -142,7 +106,7 @@ def _response_info(response: Any) -> ResponseInfo:
     return ResponseInfo(response.status_code, list(response.items()))
 
 
-def _settle_on_close(limiter: Limiter, outcome: Outcome, response: Any) -> bool:
+def _settle_on_close(engine: Engine, outcome: Outcome, response: Any) -> bool:
     """A streamed response is over when Django closes it: settle then (true if deferred).
 
     Until then its body is still being produced, so a concurrency slot stays taken.
@@ -151,7 +115,7 @@ def _settle_on_close(limiter: Limiter, outcome: Outcome, response: Any) -> bool:
         return False
     info = _response_info(response)
     # Django runs these on close(), from its worker thread: the blocking driver suits.
-    response._resource_closers.append(lambda: run(limiter, settle(limiter, outcome, info)))
+    response._resource_closers.append(lambda: engine.settle(outcome, info))
     return True
 
 
@@ -199,9 +163,8 @@ class RateLimitMiddleware:
         pending = _prepare(request, is_async=False)
         if pending is None:
             return self.get_response(request)
-        limiter = pending.config.limiter
-        outcome = decide_request(limiter, pending.plan, pending.request, pending.method,
-                                 pending.path)
+        engine = pending.engine
+        outcome = engine.decide(pending.plan, pending.request, pending.method, pending.path)
         if outcome.exceeded is not None or outcome.unavailable:
             return _refusal(pending, request, outcome)
         if not outcome.needs_settling:
@@ -209,19 +172,18 @@ class RateLimitMiddleware:
         try:
             response = self.get_response(request)
         except BaseException:
-            run(limiter, settle(limiter, outcome, ResponseInfo(500)))
+            engine.settle(outcome, ResponseInfo(500))
             raise
-        if not _settle_on_close(limiter, outcome, response):
-            run(limiter, settle(limiter, outcome, _response_info(response)))
+        if not _settle_on_close(engine, outcome, response):
+            engine.settle(outcome, _response_info(response))
         return _with_headers(response, outcome.headers)
 
     async def __acall__(self, request: Any) -> Any:
         pending = _prepare(request, is_async=True)
         if pending is None:
             return await self.get_response(request)
-        limiter = pending.config.limiter
-        outcome = await adecide_request(limiter, pending.plan, pending.request,
-                                        pending.method, pending.path)
+        engine = pending.engine
+        outcome = await engine.adecide(pending.plan, pending.request, pending.method, pending.path)
         if outcome.exceeded is not None or outcome.unavailable:
             response = _refusal(pending, request, outcome)
             if inspect.isawaitable(response):
@@ -232,10 +194,10 @@ class RateLimitMiddleware:
         try:
             response = await self.get_response(request)
         except BaseException:
-            await arun(limiter, settle(limiter, outcome, ResponseInfo(500)))
+            await engine.asettle(outcome, ResponseInfo(500))
             raise
-        if not _settle_on_close(limiter, outcome, response):
-            await arun(limiter, settle(limiter, outcome, _response_info(response)))
+        if not _settle_on_close(engine, outcome, response):
+            await engine.asettle(outcome, _response_info(response))
         return _with_headers(response, outcome.headers)
 
 

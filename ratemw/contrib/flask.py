@@ -20,11 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.exceptions import HTTPException
-
 from ratemw.errors import ConfigurationError
 from ratemw.limiter import Limiter
 from ratemw.policy.rules import Rule
+from ratemw.routes.flask import FlaskRoutes
 from ratemw.wsgi import WSGIExceededHandler, WSGIRateLimitMiddleware
 
 if TYPE_CHECKING:
@@ -34,47 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["FlaskRoutes", "RateMW", "init_app"]
 
 EXTENSION_NAME = "ratemw"
-
-
-class FlaskRoutes:
-    """``routes=`` resolver for ``WSGIRateLimitMiddleware``: the Flask view a request reaches.
-
-    Matches the app's URL map the way Flask will, and answers the view function (for
-    class-based views Flask's ``as_view()`` function, whose ``view_class`` the middleware
-    looks into) and the URL rule, so ``/items/<int:item_id>`` is one bucket. Requests no
-    rule matches (404, 405, redirects) answer ``(None, None)``.
-
-    Example::
-
-        app.wsgi_app = WSGIRateLimitMiddleware(
-            app.wsgi_app, limiter=limiter, routes=FlaskRoutes(app)
-        )
-    """
-
-    def __init__(self, app: Flask) -> None:
-        self.app = app
-
-    def __call__(self, environ: WSGIEnvironment) -> tuple[Any, str | None]:
-        app = self.app
-        url_map = app.url_map
-        # The same binding as Flask.create_url_adapter, so matching agrees with Flask's.
-        server_name = app.config["SERVER_NAME"]
-        subdomain: str | None = None
-        if url_map.host_matching:
-            server_name = None
-        elif not app.subdomain_matching:
-            subdomain = url_map.default_subdomain or ""
-        adapter = url_map.bind_to_environ(environ, server_name=server_name, subdomain=subdomain)
-        try:
-            rule, _ = adapter.match(return_rule=True)
-        except HTTPException:  # NotFound, MethodNotAllowed, RequestRedirect: Flask answers
-            return None, None
-        return app.view_functions.get(rule.endpoint), rule.rule
-
-    def request_context(self, environ: WSGIEnvironment) -> Any:
-        """The app's request context for ``environ``: a ``handler=`` runs inside it, so it
-        may use ``jsonify``, ``render_template`` or ``flask.request``."""
-        return self.app.request_context(environ)
 
 
 def init_app(

@@ -1,0 +1,148 @@
+"""The engine: what runs requests, built from a limiter's settings.
+
+A ``Limiter`` holds configuration and the route decorators; its ``engine`` is what the
+adapters (``ratemw.asgi``, ``ratemw.wsgi``, ``ratemw.contrib.django``) call, through a small
+interface: ``plan`` a request line once, then per request one ``decide`` (``adecide`` under
+ASGI) and, for the outcomes that need it, one ``settle`` (``asettle``).
+
+Words used across the engine, each defined once:
+
+- **limit group**: one declared set of quotas: a decorator's, a rule's, the defaults, the
+  application-wide limits (``policy.groups.LimitGroup``);
+- **quota**: ``amount`` units per ``window`` (``policy.limits.Quota``); a **policy** is a
+  quota as it applies to a route, with the name callers see in the headers
+  (``plans.PlannedPolicy``);
+- **plan**: the groups and policies of one route and method, compiled once
+  (``plans.Plan``); a **static** plan knows everything but the caller's identity, a **quiet**
+  one also reports nothing of an admitted request but its draft-10 headers;
+- **identity**: who a request counts as: what its key function returned, capped and hashed
+  into a storage key;
+- **hit**: one quota to check for one request (``storage.Hit``); a request's hits go to the
+  storage in one call, all admitted or none; a **usage** is what the storage found for a hit
+  (``storage.Usage``);
+- **decision**: the usages turned into what the caller sees, one **policy state** per
+  policy (``policy.decision``);
+- **outcome**: what the adapter must do: refuse (429, 503) or pass the request on with
+  headers, and settle once the response is over (``decide.Outcome``);
+- **driver**: runs the decision path's generator with the sync or the async storage
+  (``drivers``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from ratemw._bounded import Bounded
+from ratemw.engine.decide import PASS, Context, Outcome, ResponseInfo, decide, settle
+from ratemw.engine.drivers import Storages, arun, run
+from ratemw.engine.failures import FailureLog
+from ratemw.engine.hits import KeptHits, KeyHasher
+from ratemw.engine.plans import (
+    NO_ROUTE,
+    Declarations,
+    Plan,
+    Planner,
+    compile_plan,
+    groups_for,
+)
+from ratemw.engine.settings import Metrics, Settings
+from ratemw.policy.rules import Rule
+
+__all__ = [
+    "APPLIED",
+    "PASS",
+    "Declarations",
+    "Engine",
+    "Metrics",
+    "Outcome",
+    "Plan",
+    "Planner",
+    "ResponseInfo",
+    "Settings",
+    "Storages",
+]
+
+_MAX_BATCH_IDS = 65536
+
+#: The limiters that already decided a request, in its ASGI scope or WSGI environ: the same
+#: limiter installed twice in one stack (an app and its mounted sub-app, a middleware added
+#: twice) counts the request once and writes its headers once.
+APPLIED = "ratemw.limiters"
+
+
+class Engine:
+    """Decides requests for a limiter, by its settings and declarations.
+
+    Built by the ``Limiter`` (never by hand), and built again when the limiter is
+    reconfigured; the storage (``storages``), the failure log and the identity hasher
+    outlive it.
+
+    Example (what an adapter does)::
+
+        engine = limiter.engine
+        plan = planner.get(engine, cache_key) or planner.plan(engine, cache_key, ...)
+        outcome = engine.decide(plan, request, method, path)
+        if outcome.needs_settling:
+            engine.settle(outcome, ResponseInfo(status))
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        declarations: Declarations,
+        storages: Storages,
+        failures: FailureLog,
+        hasher: KeyHasher,
+    ) -> None:
+        self.settings = settings
+        self.declarations = declarations
+        self.storages = storages
+        self.context = Context(settings, failures, hasher, KeptHits(settings, hasher))
+        # Static plans that give the same hits share a batch id, so a route's kept hits serve
+        # all its paths and hosts. Bounded: past the bound, ids are handed out afresh.
+        self._batch_ids: Bounded[tuple[Any, ...], int] = Bounded(_MAX_BATCH_IDS)
+        self._next_batch_id = itertools.count(1)
+
+    def _batch_id(self, signature: tuple[Any, ...]) -> int:
+        found = self._batch_ids.get(signature)
+        if found is None:
+            found = self._batch_ids.put(signature, next(self._next_batch_id))
+        return found
+
+    def plan(
+        self,
+        endpoint: Any,
+        template: str | None,
+        path: str,
+        method: str,
+        extra_rules: tuple[Rule, ...] = (),
+    ) -> Plan:
+        """The plan of a request on ``endpoint`` (its route ``template``) at ``path`` (as the
+        app routes it: rules match it), for ``method``."""
+        generation = self.declarations.generation  # a declaration made meanwhile: stale
+        groups = groups_for(self.settings, self.declarations, endpoint, path, method, extra_rules)
+        return compile_plan(
+            self.settings,
+            template or NO_ROUTE,
+            groups,
+            method,
+            batch_id=self._batch_id,
+            generation=generation,
+        )
+
+    def decide(self, plan: Plan, request: Any, method: str, path: str) -> Outcome:
+        """Decide a request under WSGI (sync storage)."""
+        return run(self.storages, decide(self.context, plan, request, method, path))
+
+    async def adecide(self, plan: Plan, request: Any, method: str, path: str) -> Outcome:
+        """Decide a request under ASGI (async storage)."""
+        return await arun(self.storages, decide(self.context, plan, request, method, path))
+
+    def settle(self, outcome: Outcome, response: ResponseInfo) -> None:
+        """Once the response is over: free its concurrency slots, refund what does not count."""
+        run(self.storages, settle(self.context, outcome, response))
+
+    async def asettle(self, outcome: Outcome, response: ResponseInfo) -> None:
+        """The async twin of ``settle``."""
+        await arun(self.storages, settle(self.context, outcome, response))

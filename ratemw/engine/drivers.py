@@ -1,9 +1,10 @@
-"""Drivers of the core's decisions: ``adecide_request`` and ``arun`` for ASGI,
-``decide_request`` and ``run`` for WSGI.
+"""Drivers: they run the decision path's generators, doing its I/O.
 
-``run``/``arun`` drive one of the core's generators (``evaluate``, ``conclude``, ``settle``);
-``decide_request``/``adecide_request`` decide a request, by the instant lane when its plan has
-one. The twins differ only in how they wait: the async ones await, the sync ones block.
+``run`` drives with the sync storage and runs a user's async callable to completion (WSGI);
+``arun`` drives with the async storage and awaits (ASGI). The twins differ only in how they
+wait. Storage calls go through the circuit breaker to the limiter's storage, or to its
+in-memory fallback storage; what the storage raises is handed back to the path as a value,
+which applies the failure mode.
 """
 
 from __future__ import annotations
@@ -12,65 +13,69 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ratemw.engine.decide import (
-    Outcome,
-    Plan,
-    Step,
-    StorageCall,
-    conclude,
-    evaluate,
-    fast_outcome,
-    instant_hits,
-)
+from ratemw.engine.breaker import CircuitBreaker
+from ratemw.engine.decide import Outcome, Step, StorageCall
 from ratemw.errors import StorageCallError
+from ratemw.storage import StorageBackends
 from ratemw.storage._base import CONCURRENCY, AsyncStorage, Hit, Storage
 
-if TYPE_CHECKING:
-    from ratemw.limiter import Limiter
+__all__ = ["Storages", "arun", "run"]
 
 _local = threading.local()
 
 
-# The answers below call ``acquire`` themselves, the op of nearly every call: one Python call
-# less per request. These dispatch any op (a fallback's calls, refunds, releases).
+class Storages:
+    """The storage a limiter counts in, its in-memory fallback (built on first use) and the
+    circuit breaker in front of the storage. Kept across engines: reconfiguring a limiter
+    keeps its counts and its storage's health."""
+
+    def __init__(self, backends: StorageBackends, breaker: CircuitBreaker) -> None:
+        self.backends = backends
+        self.breaker = breaker
+        self._fallback: StorageBackends | None = None
+
+    @property
+    def fallback(self) -> StorageBackends:
+        if self._fallback is None:
+            self._fallback = StorageBackends("memory://", clock=self.backends.clock)
+        return self._fallback
+
+    @property
+    def has_fallback(self) -> bool:
+        return self._fallback is not None
 
 
-def _call_async(storage: AsyncStorage, hits: list[Hit], op: str, stamp: int) -> Awaitable[Any]:
-    if op == "acquire":
-        return storage.acquire(hits)
-    if op == "refund":
-        return storage.refund(hits, stamp)
-    return storage.release(hits)
+def _call_sync(storage: Storage, call: StorageCall) -> Any:
+    if call.op == "acquire":
+        return storage.acquire(call.hits)
+    if call.op == "refund":
+        return storage.refund(call.hits, call.stamp)
+    return storage.release(call.hits)
 
 
-def _call_sync(storage: Storage, hits: list[Hit], op: str, stamp: int) -> Any:
-    if op == "acquire":
-        return storage.acquire(hits)
-    if op == "refund":
-        return storage.refund(hits, stamp)
-    return storage.release(hits)
+def _call_async(storage: AsyncStorage, call: StorageCall) -> Awaitable[Any]:
+    if call.op == "acquire":
+        return storage.acquire(call.hits)
+    if call.op == "refund":
+        return storage.refund(call.hits, call.stamp)
+    return storage.release(call.hits)
 
 
-async def _answer_async(
-    limiter: Limiter, hits: list[Hit], op: str = "acquire", stamp: int = 0, fallback: bool = False
-) -> Any:
-    """What the storage answers (or the exception it raised: the core applies the failure mode)."""
+def answer(storages: Storages, call: StorageCall) -> Any:
+    """What the sync storage answers ``call`` (or the exception it raised)."""
     try:
-        memory = limiter.backends.memory
-        if memory is not None and not fallback:
-            return memory.acquire(hits) if op == "acquire" else _call_sync(memory, hits, op, stamp)
-        if fallback:
-            return await _call_async(limiter.fallback_storage.async_, hits, op, stamp)
-        breaker = limiter.breaker
+        memory = storages.backends.memory
+        if call.fallback:
+            return _call_sync(storages.fallback.sync, call)
+        if memory is not None:  # cannot fail or block: no breaker to ask
+            return _call_sync(memory, call)
+        breaker = storages.breaker
         if breaker.open_until:  # a closed breaker, nearly always: nothing to ask it
             breaker.before()
         try:
-            storage = limiter.backends.async_
-            value = await (storage.acquire(hits) if op == "acquire" else _call_async(
-                storage, hits, op, stamp
-            ))
+            value = _call_sync(storages.backends.sync, call)
         except Exception as exc:
             if not isinstance(exc, StorageCallError):  # one call's defect is no outage
                 breaker.failure(exc)
@@ -82,24 +87,19 @@ async def _answer_async(
         return exc
 
 
-def _answer_sync(
-    limiter: Limiter, hits: list[Hit], op: str = "acquire", stamp: int = 0, fallback: bool = False
-) -> Any:
-    """What the storage answers (or the exception it raised: the core applies the failure mode)."""
+async def aanswer(storages: Storages, call: StorageCall) -> Any:
+    """What the async storage answers ``call`` (or the exception it raised)."""
     try:
-        memory = limiter.backends.memory
-        if memory is not None and not fallback:
-            return memory.acquire(hits) if op == "acquire" else _call_sync(memory, hits, op, stamp)
-        if fallback:
-            return _call_sync(limiter.fallback_storage.sync, hits, op, stamp)
-        breaker = limiter.breaker
+        memory = storages.backends.memory
+        if call.fallback:
+            return await _call_async(storages.fallback.async_, call)
+        if memory is not None:  # cannot fail or block: no breaker to ask
+            return _call_sync(memory, call)
+        breaker = storages.breaker
         if breaker.open_until:  # a closed breaker, nearly always: nothing to ask it
             breaker.before()
         try:
-            storage = limiter.backends.sync
-            value = storage.acquire(hits) if op == "acquire" else _call_sync(
-                storage, hits, op, stamp
-            )
+            value = await _call_async(storages.backends.async_, call)
         except Exception as exc:
             if not isinstance(exc, StorageCallError):  # one call's defect is no outage
                 breaker.failure(exc)
@@ -109,83 +109,6 @@ def _answer_sync(
         return value
     except Exception as exc:
         return exc
-
-
-# Releases still running after the request that started them was cancelled: kept here so
-# that they are not collected half-way.
-_releasing: set[asyncio.Future[Any]] = set()
-
-
-async def _release_after_cancel(limiter: Limiter, held: list[Hit], fallback: bool) -> None:
-    """Free concurrency slots an interrupted request may hold, whatever interrupts this too.
-
-    The acquire may or may not have run: releasing a slot by its token is harmless either
-    way. Shielded, so a second cancellation cannot leak the slot.
-    """
-    release = asyncio.ensure_future(_answer_async(limiter, held, "release", 0, fallback))
-    _releasing.add(release)
-    release.add_done_callback(_releasing.discard)
-    with contextlib.suppress(asyncio.CancelledError):  # the release goes on without us
-        await asyncio.shield(release)
-
-
-async def arun(limiter: Limiter, steps: Step) -> Outcome:
-    """Drive the decision with async storage, awaiting the user's async callables.
-
-    Concurrency slots an acquire may have taken are freed if the request is interrupted
-    (cancelled: a timeout, a client that went away) before the outcome, which carries them
-    on, is returned.
-    """
-    value: Any = None
-    error: BaseException | None = None
-    held: list[Hit] = []
-    fallback = False
-    try:
-        while True:
-            try:
-                step = steps.throw(error) if error is not None else steps.send(value)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            value = error = None
-            if type(step) is StorageCall:
-                if step.op == "acquire":
-                    taking = [hit for hit in step.hits if hit.strategy == CONCURRENCY]
-                    if taking:
-                        held, fallback = taking, step.fallback
-                value = await _answer_async(
-                    limiter, step.hits, step.op, step.stamp, step.fallback
-                )
-            else:
-                try:
-                    value = await step
-                except Exception as exc:
-                    error = exc
-    except BaseException:
-        steps.close()
-        if held:
-            await _release_after_cancel(limiter, held, fallback)
-        raise
-
-
-async def adecide_request(
-    limiter: Limiter, plan: Plan, request: Any, method: str, path: str
-) -> Outcome:
-    """Decide one request under ASGI: the instant lane when the plan has one, else ``evaluate``.
-
-    The instant lane (a fast plan whose keys answer at once) asks the core for the hits, the
-    storage for its answer and the core for the outcome, in plain calls; anything but an
-    admission (a refusal, a storage failure) goes on through ``conclude``, driven as usual.
-    """
-    if plan.instant:
-        hits = instant_hits(limiter, plan, request)
-        result = await _answer_async(limiter, hits)
-        outcome = fast_outcome(limiter, plan, result)
-        if outcome is not None:
-            return outcome
-        return await arun(limiter, conclude(
-            limiter, plan, request, method, path, hits, plan.used, [], result
-        ))
-    return await arun(limiter, evaluate(limiter, plan, request, method, path))
 
 
 def _blocking(awaitable: Awaitable[Any]) -> Any:
@@ -196,8 +119,8 @@ def _blocking(awaitable: Awaitable[Any]) -> Any:
     return loop.run_until_complete(awaitable)
 
 
-def run(limiter: Limiter, steps: Step) -> Outcome:
-    """Drive the decision with sync storage, running the user's async callables to the end."""
+def run(storages: Storages, steps: Step) -> Outcome:
+    """Drive the path with the sync storage, running async callables to completion."""
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -207,7 +130,7 @@ def run(limiter: Limiter, steps: Step) -> Outcome:
             return stop.value  # type: ignore[no-any-return]
         value = error = None
         if type(step) is StorageCall:
-            value = _answer_sync(limiter, step.hits, step.op, step.stamp, step.fallback)
+            value = answer(storages, step)
         else:
             try:
                 value = _blocking(step)
@@ -215,15 +138,63 @@ def run(limiter: Limiter, steps: Step) -> Outcome:
                 error = exc
 
 
-def decide_request(limiter: Limiter, plan: Plan, request: Any, method: str, path: str) -> Outcome:
-    """Decide one request under WSGI: the twin of ``adecide_request``."""
-    if plan.instant:
-        hits = instant_hits(limiter, plan, request)
-        result = _answer_sync(limiter, hits)
-        outcome = fast_outcome(limiter, plan, result)
-        if outcome is not None:
-            return outcome
-        return run(limiter, conclude(
-            limiter, plan, request, method, path, hits, plan.used, [], result
-        ))
-    return run(limiter, evaluate(limiter, plan, request, method, path))
+# Releases still running after the request that started them was cancelled: kept here so
+# that they are not collected half-way.
+_releasing: set[asyncio.Future[Any]] = set()
+
+
+async def _release_after_cancel(storages: Storages, held: StorageCall) -> None:
+    """Free concurrency slots an interrupted request may hold, whatever interrupts this too.
+
+    The acquire may or may not have run: releasing a slot by its token is harmless either
+    way. Shielded, so a second cancellation cannot leak the slot.
+    """
+    release = StorageCall(held.hits, op="release", fallback=held.fallback)
+    task = asyncio.ensure_future(aanswer(storages, release))
+    _releasing.add(task)
+    task.add_done_callback(_releasing.discard)
+    with contextlib.suppress(asyncio.CancelledError):  # the release goes on without us
+        await asyncio.shield(task)
+
+
+async def arun(storages: Storages, steps: Step) -> Outcome:
+    """Drive the path with the async storage, awaiting async callables.
+
+    Concurrency slots an acquire may have taken are freed if the request is interrupted
+    (cancelled: a timeout, a client that went away) before the outcome, which carries them
+    on, is returned.
+    """
+    value: Any = None
+    error: BaseException | None = None
+    held: StorageCall | None = None
+    try:
+        while True:
+            try:
+                step = steps.throw(error) if error is not None else steps.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value = error = None
+            if type(step) is StorageCall:
+                if step.op == "acquire" and _takes_slots(step.hits):
+                    held = StorageCall(
+                        [h for h in step.hits if h.strategy == CONCURRENCY],
+                        fallback=step.fallback,
+                    )
+                value = await aanswer(storages, step)
+            else:
+                try:
+                    value = await step
+                except Exception as exc:
+                    error = exc
+    except BaseException:
+        steps.close()
+        if held is not None:
+            await _release_after_cancel(storages, held)
+        raise
+
+
+def _takes_slots(hits: list[Hit]) -> bool:
+    for hit in hits:
+        if hit.strategy == CONCURRENCY:
+            return True
+    return False

@@ -1,135 +1,198 @@
-"""Plans: the limits of one route and method, compiled once so requests only fill in numbers.
+"""Plans: the limits of one route and method, compiled once so that requests only fill in
+numbers.
 
-For every quota that is known before the request (not returned by a callable), the plan holds
-its policy name, the tail of its storage key and the head of its ``RateLimit`` entry; a plan
-whose quotas are all known also holds its whole ``RateLimit-Policy`` value.
+Which limit groups apply to a request depends on its route (the declarations on its
+endpoint, the rules its path matches, the defaults) and its method. A ``Plan`` holds them,
+with everything known before a request arrives worked out: each quota's policy name, the
+tail of its storage key and the head of its ``RateLimit`` item. Adapters keep plans in a
+``Planner``, one per request line (method, host, path...), so route resolution and planning
+run once per distinct request line.
 """
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ratemw.policy.decision import sf_string
-from ratemw.policy.groups import LimitGroup
-from ratemw.policy.limits import Quota
+from ratemw._bounded import Bounded
+from ratemw.engine.settings import Settings
 from ratemw.keys import client_ip, header
+from ratemw.policy.groups import LimitGroup
+from ratemw.policy.headers import policy_item, state_head
+from ratemw.policy.limits import Quota
+from ratemw.policy.rules import Rule, rule_groups
 from ratemw.storage._base import CONCURRENCY
+from ratemw.storage._strategies import tag_of
 
-if TYPE_CHECKING:
-    from ratemw.limiter import Limiter
+__all__ = [
+    "MAX_CACHED_PATH",
+    "NO_ROUTE",
+    "Declarations",
+    "Entry",
+    "Plan",
+    "PlannedPolicy",
+    "Planner",
+    "compile_plan",
+    "groups_for",
+    "key_tail",
+]
 
-#: Plans are cached per request line (method, path, host). A part longer than this (a
-#: caller's invention: real routes are short) is planned afresh each time instead, so a cache
-#: entry never holds more than a few such parts of this size.
+NO_ROUTE = "<no route>"
+#: A request line with a part longer than this (a caller's invention: real routes are short)
+#: is planned afresh each time instead of being kept.
 MAX_CACHED_PATH = 512
-_MAX_FALLBACKS = 4  # how deep keys.header's fallbacks are looked into
-
-# Plans whose callers get the same hits (same storage-key tails, quotas, costs) share one
-# batch id, so a route's kept hits serve all its paths and hosts. Bounded: route
-# configurations are few, and past the bound new ids are handed out afresh.
-_batch_ids: dict[tuple[Any, ...], int] = {}
-_next_batch_id = itertools.count(1)
-_MAX_BATCH_IDS = 65536
+_PLAN_CACHE_SIZE = 4096
+_MAX_UNWRAP = 16  # how many functools.wraps layers are looked behind
+MAX_FALLBACKS = 4  # how deep key functions' ``fallback`` chains are looked into
 
 
-def _batch_id(signature: tuple[Any, ...]) -> int:
-    found = _batch_ids.get(signature)
-    if found is None:
-        if len(_batch_ids) >= _MAX_BATCH_IDS:
-            _batch_ids.clear()
-        found = _batch_ids[signature] = next(_next_batch_id)
-    return found
+class Declarations:
+    """The limits declared on endpoints with a limiter's decorators.
 
-STRATEGY_TAGS = {
-    "fixed-window": "fw",
-    "moving-window": "mw",
-    "sliding-window-counter": "sw",
-    "gcra": "gc",
-    CONCURRENCY: "cc",
-}
+    Kept by the id of what was decorated (which need not be hashable), each with the object
+    itself so that its id is never reused. ``generation`` counts the declarations made: a
+    plan compiled before the latest one is stale.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[int, tuple[Any, tuple[LimitGroup, ...]]] = {}
+        self._exempt: dict[int, Any] = {}
+        self.generation = 0
+
+    def add(self, endpoint: Any, groups: tuple[LimitGroup, ...]) -> None:
+        _, known = self._groups.get(id(endpoint), (endpoint, ()))
+        self._groups[id(endpoint)] = (endpoint, known + groups)
+        self.generation += 1
+
+    def exempt(self, endpoint: Any) -> None:
+        self._exempt[id(endpoint)] = endpoint
+        self.generation += 1
+
+    def groups_of(self, target: Any) -> tuple[LimitGroup, ...]:
+        found = self._groups.get(id(target))
+        return found[1] if found is not None and found[0] is target else ()
+
+    def is_exempt(self, target: Any) -> bool:
+        return target is not None and self._exempt.get(id(target)) is target
+
+    def all_groups(self) -> tuple[LimitGroup, ...]:
+        """Every group declared (to check them again when the settings change)."""
+        return tuple(group for _, groups in self._groups.values() for group in groups)
 
 
 @dataclass(frozen=True, slots=True)
-class Slot:
-    """One known quota of a plan."""
+class PlannedPolicy:
+    """One quota of a plan, named: what every request on the route counts it by."""
 
     quota: Quota
     name: str
     key_tail: str  # the storage key after the caller's digest
-    state_head: str  # '"name";r=' for the RateLimit header
+    head: str  # its RateLimit item up to the numbers: '"per-minute";r='
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One group as it applies to this route and method."""
+    """One limit group as it applies to this route and method."""
 
     group: LimitGroup
     bucket: str
-    slots: tuple[Slot, ...] | None  # None: quotas come from a callable per request
+    policies: tuple[PlannedPolicy, ...] | None  # None: a limit callable gives them
+    key: Callable[[Any], Any]  # the group's key function, or the limiter's
+    enforce: bool  # false for a shadow limit: reported, never refusing
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     """The compiled limits of one route and method.
 
-    ``simple`` plans (every quota known, no ``exempt_when``, no computed cost, no concurrency
-    quota, no ``deduct_when``, no shadow limit) have their ``RateLimit-Policy`` header in
-    ``policy_field``. ``fast`` plans are simple plans of a limiter with nothing to report on
-    an admitted request (no hook or metrics that see it, draft-10 headers or none): their
-    callers' hits are kept between requests (``batch_id`` names the hits the plan gives, the
-    same for plans that give the same) and an admitted request's headers come straight from
-    the storage's numbers.
-    ``instant`` plans are fast plans whose keys are all built in (``keys.client_ip``,
-    ``keys.header``): they answer at once, so the drivers decide without the core's
-    generator. ``needs_request``: a key, limit, cost or hook looks past ``request.scope``.
+    - ``static``: every quota, cost and exemption is known before the request (no limit or
+      cost callable, no ``exempt_when``, ``deduct_when`` or concurrency quota). A caller's
+      hits are then the same on every request: the engine keeps them (by ``batch_id``, which
+      names what they are made of, the same for every plan that gives the same hits).
+    - ``quiet``: static, on a limiter that reports nothing of an admitted request but its
+      draft-10 headers: those come straight from the storage's numbers, with the policy
+      header (``policy_field``) and each policy's item head (``heads``) compiled here.
+    - ``needs_request``: something (a key, a callable, a hook) reads past the scope, so the
+      adapter must build a full request object.
     """
 
     template: str
     entries: tuple[Entry, ...]
     names: frozenset[str] = frozenset()
-    simple: bool = False
-    fast: bool = False
-    instant: bool = False
-    policy_field: tuple[str, str] = ("RateLimit-Policy", "")  # the header, ready to send
+    static: bool = False
+    quiet: bool = False
+    policy_field: str = ""
+    heads: tuple[str, ...] = ()
     needs_request: bool = True
-    state_heads: tuple[str, ...] = ()  # a simple plan's slots' RateLimit heads, in hit order
-    used: tuple[Any, ...] = ()  # a fast plan's (entry, slots, cost, enforce), as evaluate uses
-    # A fast plan's key functions, one per entry.
-    keys: tuple[Any, ...] = field(default=(), compare=False, repr=False)
-    batch_id: int = field(default=0, compare=False, repr=False)
-    generation: int = field(default=0, compare=False, repr=False)  # the limiter's, when planned
+    batch_id: int = field(default=0, compare=False)
+    generation: int = field(default=0, compare=False)
 
     @property
     def groups(self) -> tuple[LimitGroup, ...]:
         return tuple(entry.group for entry in self.entries)
 
 
-def cacheable(cache_key: tuple[object, ...]) -> bool:
-    """Whether a plan cache may keep this key: none of its texts is over ``MAX_CACHED_PATH``.
+# -- which groups apply ---------------------------------------------------------------------
 
-    Called on a cache miss only: a hit costs nothing more.
+
+def _method_handler(endpoint: Any, method: str) -> Any:
+    """For class-based endpoints, the method that handles ``method`` (``get`` for ``HEAD``)."""
+    name = "get" if method == "HEAD" and not hasattr(endpoint, "head") else method.lower()
+    return getattr(endpoint, name, endpoint)
+
+
+def declaration_targets(endpoint: Any, method: str) -> list[Any]:
+    """The endpoint, what it wraps, and the method handlers of classes among them.
+
+    Flask and Django route to wrappers (``as_view()`` functions, ``functools.wraps``
+    decorators); limits were declared on whichever of these the user decorated.
     """
-    return all(len(part) <= MAX_CACHED_PATH for part in cache_key if isinstance(part, str))
+    if endpoint is None:
+        return []
+    targets: list[Any] = []
+    seen: set[int] = set()
+    current = endpoint
+    while current is not None and id(current) not in seen and len(seen) < _MAX_UNWRAP:
+        seen.add(id(current))
+        targets.append(current)
+        view_class = getattr(current, "view_class", None)
+        if isinstance(view_class, type):
+            targets.append(view_class)
+        current = getattr(current, "__wrapped__", None)
+    handlers = [_method_handler(t, method) for t in targets if isinstance(t, type)]
+    return targets + [h for h in handlers if h not in targets]
 
 
-def quota_strategy(limiter: Limiter, quota: Quota) -> str:
-    return CONCURRENCY if quota.concurrent else limiter.strategy
+def groups_for(
+    settings: Settings,
+    declarations: Declarations,
+    endpoint: Any,
+    path: str,
+    method: str,
+    extra_rules: tuple[Rule, ...] = (),
+) -> list[LimitGroup]:
+    """The limit groups that apply to ``method`` on ``endpoint`` at ``path`` (the path the
+    app routes by). Defaults apply when none of the route's own limits covers ``method``."""
+    targets = declaration_targets(endpoint, method)
+    if any(declarations.is_exempt(target) for target in targets):
+        return []
+    own = [g for target in targets for g in declarations.groups_of(target)]
+    own.extend(rule_groups(settings.rules + extra_rules, path))
+    own = [g for g in own if g.applies_to(method)]
+    groups = own
+    if not own or any(not g.override_defaults for g in own):
+        groups = groups + list(settings.default_groups)
+    return [*groups, *settings.application_groups]
 
 
-def key_tail(limiter: Limiter, bucket: str, quota: Quota) -> str:
-    strategy = quota_strategy(limiter, quota)
-    tag = STRATEGY_TAGS.get(strategy, strategy)
+# -- compiling --------------------------------------------------------------------------------
+
+
+def key_tail(strategy: str, bucket: str, quota: Quota) -> str:
+    """A quota's storage key after the caller's digest: ``}:<bucket>:<tag>:<amount>/<window>``."""
+    tag = tag_of(CONCURRENCY if quota.concurrent else strategy)
     return f"}}:{bucket}:{tag}:{quota.amount}/{quota.window}"
-
-
-def storage_key(limiter: Limiter, digest: str, bucket: str, quota: Quota) -> str:
-    """The storage key of one quota for one (hashed) identity and bucket.
-
-    The identity's digest is the Redis Cluster hash tag: all of a caller's keys share a slot.
-    """
-    return f"{limiter.key_prefix}:{{{digest}" + key_tail(limiter, bucket, quota)
 
 
 def unique_name(group: LimitGroup, quota: Quota, taken: set[str]) -> str:
@@ -143,69 +206,24 @@ def unique_name(group: LimitGroup, quota: Quota, taken: set[str]) -> str:
     return name
 
 
-def compile_plan(
-    limiter: Limiter, template: str, groups: list[LimitGroup], method: str, generation: int
-) -> Plan:
-    entries: list[Entry] = []
-    names: set[str] = set()
-    policy_parts: list[str] = []
-    simple = True
-    needs_request = False
-    for group in groups:
-        if group.methods is not None and method not in group.methods:
-            continue
-        needs_request = needs_request or _needs_request(group, limiter)
-        bucket = group.storage_bucket(template, method)
-        if group.quotas is None:
-            entries.append(Entry(group, bucket, None))
-            simple = False
-            continue
-        slots = []
-        for quota in group.quotas:
-            name = unique_name(group, quota, names)
-            head = sf_string(name) + ";r="
-            slots.append(Slot(quota, name, key_tail(limiter, bucket, quota), head))
-            policy_parts.append(f"{sf_string(name)};q={quota.amount};w={quota.window}")
-            simple = simple and not quota.concurrent
-        entries.append(Entry(group, bucket, tuple(slots)))
-        simple = simple and group.exempt_when is None and group.deduct_when is None
-        simple = simple and not group.shadow
-        simple = simple and isinstance(group.cost, int)
-    fast = simple and limiter.fast_reporting
-    used = tuple((e, e.slots or (), e.group.cost, True) for e in entries) if fast else ()
-    # What a caller's hits are made of, besides its identities (see _batch_id).
-    signature = (limiter.key_head, limiter.strategy, *(
-        (cost, *((slot.key_tail, slot.quota.window_ms, slot.quota.burst) for slot in slots))
-        for _, slots, cost, _ in used
-    ))
-    instant = fast and all(_answers_at_once(entry.group.key or limiter.key) for entry in entries)
-    return Plan(
-        template=template,
-        entries=tuple(entries),
-        names=frozenset(names),
-        simple=simple,
-        fast=fast,
-        instant=instant,
-        policy_field=("RateLimit-Policy", ", ".join(policy_parts) if simple else ""),
-        needs_request=needs_request or limiter.has_hooks,
-        state_heads=tuple(
-            slot.state_head for entry in entries for slot in entry.slots or ()
-        ) if simple else (),
-        used=used,
-        keys=tuple(entry.group.key or limiter.key for entry in entries) if fast else (),
-        batch_id=_batch_id(signature) if fast else 0,
-        generation=generation,
-    )
+def planned_policies(
+    strategy: str, group: LimitGroup, bucket: str, quotas: tuple[Quota, ...], taken: set[str]
+) -> tuple[PlannedPolicy, ...]:
+    """The named policies of ``quotas`` (a group's own, or a limit callable's for a request)."""
+    policies = []
+    for quota in quotas:
+        name = unique_name(group, quota, taken)
+        policies.append(
+            PlannedPolicy(quota, name, key_tail(strategy, bucket, quota), state_head(name))
+        )
+    return tuple(policies)
 
 
-def _answers_at_once(key: Any) -> bool:
-    """Whether a key function is a built-in one: it reads only the scope, and returns a
-    string at once.
-
-    ``keys.client_ip``, or ``keys.header`` whose fallback is one: not a subclass that
-    overrides the call (it might read more, return something else, or an awaitable).
-    """
-    for _ in range(_MAX_FALLBACKS):
+def reads_scope_only(key: Any) -> bool:
+    """Whether a key function is a built-in one: it reads only the scope and answers a string
+    at once (``keys.client_ip``, or ``keys.header`` falling back to one; not a subclass that
+    overrides the call)."""
+    for _ in range(MAX_FALLBACKS):
         call = getattr(type(key), "__call__", None)  # noqa: B004 - which call, not whether
         if call is client_ip.__call__:
             return True
@@ -215,12 +233,158 @@ def _answers_at_once(key: Any) -> bool:
     return False
 
 
-def _needs_request(group: LimitGroup, limiter: Limiter) -> bool:
-    """Whether anything of the group's but the built-in key functions looks at the request."""
-    key = group.key or limiter.key
+def _is_static(group: LimitGroup) -> bool:
     return (
-        not _answers_at_once(key)
-        or group.quotas is None
-        or group.exempt_when is not None
-        or not isinstance(group.cost, int)
+        group.quotas is not None
+        and not any(quota.concurrent for quota in group.quotas)
+        and group.exempt_when is None
+        and group.deduct_when is None
+        and isinstance(group.cost, int)
     )
+
+
+def _reads_request(group: LimitGroup, key: Any) -> bool:
+    return not (
+        reads_scope_only(key)
+        and group.quotas is not None
+        and group.exempt_when is None
+        and isinstance(group.cost, int)
+        and not callable(group.error_message)
+    )
+
+
+def compile_plan(
+    settings: Settings,
+    template: str,
+    groups: list[LimitGroup],
+    method: str,
+    *,
+    batch_id: Callable[[tuple[Any, ...]], int],
+    generation: int = 0,
+) -> Plan:
+    """The plan of ``groups`` on a route (``template``) for ``method``.
+
+    ``batch_id(signature)`` names what a static plan's hits are made of.
+    """
+    entries: list[Entry] = []
+    names: set[str] = set()
+    for group in groups:
+        if group.methods is not None and method not in group.methods:
+            continue
+        bucket = group.storage_bucket(template, method)
+        policies = None
+        if group.quotas is not None:
+            policies = planned_policies(settings.strategy, group, bucket, group.quotas, names)
+        enforce = not (settings.shadow if group.shadow is None else group.shadow)
+        entries.append(Entry(group, bucket, policies, group.key or settings.key, enforce))
+    static = all(_is_static(entry.group) for entry in entries)
+    quiet = static and not settings.reports_admissions
+    every = [policy for entry in entries for policy in entry.policies or ()]
+    signature = (settings.key_head, settings.strategy, *(
+        (entry.group.cost, entry.enforce,
+         *((p.key_tail, p.quota.window_ms, p.quota.burst) for p in entry.policies or ()))
+        for entry in entries
+    ))  # fmt: skip
+    hooked = settings.on_breach or settings.on_near_limit or settings.on_storage_error
+    return Plan(
+        template=template,
+        entries=tuple(entries),
+        names=frozenset(names),
+        static=static,
+        quiet=quiet,
+        policy_field=", ".join(
+            policy_item(p.name, p.quota.amount, p.quota.window) for p in every
+        ) if static else "",
+        heads=tuple(p.head for p in every) if static else (),
+        needs_request=bool(hooked or settings.request_filters) or any(
+            _reads_request(entry.group, entry.key) for entry in entries
+        ),
+        batch_id=batch_id(signature) if static else 0,
+        generation=generation,
+    )
+
+
+# -- keeping plans ----------------------------------------------------------------------------
+
+
+def cacheable(cache_key: tuple[object, ...]) -> bool:
+    """Whether a plan may be kept under this key: none of its texts is over
+    ``MAX_CACHED_PATH`` (checked on a miss only: a hit costs nothing more)."""
+    return all(
+        len(part) <= MAX_CACHED_PATH for part in cache_key if isinstance(part, str | bytes)
+    )
+
+
+class _Planning:
+    """What a ``Planner`` asks of an engine (``ratemw.engine.Engine``)."""
+
+    declarations: Declarations
+
+    def plan(
+        self, endpoint: Any, template: str | None, path: str, method: str,
+        extra_rules: tuple[Rule, ...] = (),
+    ) -> Plan:  # fmt: skip
+        raise NotImplementedError
+
+
+Resolver = Callable[..., Any]  # (*args) -> (endpoint, template), or a routes.Resolution
+
+
+class Planner:
+    """One adapter's plans, kept by request line (what its routing depends on).
+
+    A request line with a part over ``MAX_CACHED_PATH`` characters (a path, a ``Host``
+    header, a made-up method) is planned afresh each time rather than kept. Plans are
+    forgotten when the engine changes (``Limiter.reconfigure``) or a route is declared on.
+
+    Example::
+
+        planner = Planner(rules)
+        plan = planner.get(engine, cache_key) or planner.plan(
+            engine, cache_key, path, method, resolve, environ
+        )
+    """
+
+    def __init__(self, rules: tuple[Rule, ...] = ()) -> None:
+        self.rules = rules
+        self.plans: Bounded[tuple[Any, ...], Plan] = Bounded(_PLAN_CACHE_SIZE)
+        self._engine: Any = None
+        self._generation = -1
+
+    def get(self, engine: _Planning, cache_key: tuple[Any, ...]) -> Plan | None:
+        """The plan kept under ``cache_key``, if it is still the engine's."""
+        if engine is not self._engine or engine.declarations.generation != self._generation:
+            self._forget(engine)
+        return self.plans.get(cache_key)
+
+    def _forget(self, engine: _Planning) -> None:
+        self.plans.clear()
+        self._engine = engine
+        self._generation = engine.declarations.generation
+
+    def plan(
+        self,
+        engine: _Planning,
+        cache_key: tuple[Any, ...],
+        path: str,
+        method: str,
+        resolve: Resolver,
+        *args: Any,
+    ) -> Plan:
+        """Plan a request line: ``resolve(*args)`` finds its route, ``path`` is matched
+        against rules. Kept under ``cache_key`` unless the route says it cannot be."""
+        if engine is not self._engine:
+            self._forget(engine)
+        generation = engine.declarations.generation  # read first: see below
+        found = resolve(*args)
+        keep = getattr(found, "cacheable", True)
+        if not isinstance(found, tuple):
+            found = (found.endpoint, found.template)
+        plan = engine.plan(found[0], found[1], path, method, self.rules)
+        if keep and cacheable(cache_key):
+            self.plans.put(cache_key, plan)
+            # A declaration made while this plan was compiled leaves it stale: dropped here,
+            # or by the next get(), whichever comes second sees the new generation.
+            if engine.declarations.generation != generation:
+                self.plans.pop(cache_key, None)
+        return plan

@@ -1,12 +1,12 @@
-"""The decision: from the storage's answer to what the caller sees. Free of I/O.
+"""The decision: from the storage's usages to one ``PolicyState`` per policy. Free of I/O.
 
-One computation yields every number: the ``RateLimit`` headers, ``Retry-After`` and the
-problem+json body all read the same ``PolicyState``s, so they cannot disagree.
+One computation yields every number: the ``RateLimit`` headers (``policy.headers``),
+``Retry-After`` and the problem+json body (``policy.problems``) all read the same
+``PolicyState``s, so they cannot disagree.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,13 +14,17 @@ from typing import Any
 from ratemw.policy.limits import Quota
 from ratemw.storage._base import Usage
 
-PROBLEM_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"
-PROBLEM_TITLE = "Request cannot be satisfied as assigned quota has been exceeded"
-HEADER_MODES = ("draft-10", "draft-7", "draft-6", "legacy")
 
 
-def _ceil_seconds(ms: int) -> int:
+def ceil_seconds(ms: int) -> int:
+    """Milliseconds as whole seconds, rounded up (a wait told in seconds is never short)."""
     return -(-ms // 1000) if ms > 0 else 0
+
+
+def admitted(usage: Usage) -> tuple[int, int]:
+    """An admitted hit's numbers for the caller: units remaining, seconds to full restore."""
+    remaining = usage.remaining
+    return (remaining if remaining > 0 else 0), ceil_seconds(usage.reset_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +89,7 @@ class Decision:
         return max(violated, key=lambda p: p.reset or 0)
 
 
-def decide(
+def decision_of(
     quotas: Sequence[tuple[str, Quota, int, bool]], usages: Sequence[Usage]
 ) -> Decision:
     """Turn the storage's usages into a decision.
@@ -98,15 +102,17 @@ def decide(
     blocked = False
     for (name, quota, cost, enforce), usage in zip(quotas, usages, strict=True):
         violated = not usage.fits
+        reset: int | None
         if violated:
-            reset = None if usage.wait_ms is None else max(1, _ceil_seconds(usage.wait_ms))
+            remaining = max(usage.remaining, 0)
+            reset = None if usage.wait_ms is None else max(1, ceil_seconds(usage.wait_ms))
         else:
-            reset = _ceil_seconds(usage.reset_ms)
+            remaining, reset = admitted(usage)
         state = PolicyState(
             name=name,
             quota=quota.amount,
             window=quota.window,
-            remaining=max(usage.remaining, 0),
+            remaining=remaining,
             reset=reset,
             violated=violated,
             shadow=not enforce,
@@ -130,120 +136,3 @@ def decide(
         retry_after=retry_after,
         shadow_violated=tuple(shadow_violated),
     )
-
-
-# -- headers ---------------------------------------------------------------------------------
-
-
-def sf_string(value: str) -> str:
-    """``value`` as a Structured Field String (printable ASCII; quotes, backslashes escaped)."""
-    cleaned = "".join(ch for ch in value if " " <= ch <= "~")
-    return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _closest(decision: Decision) -> PolicyState:
-    """The single policy that old-style headers (one limit, one remaining) describe."""
-    binding = decision.binding
-    if binding is not None:
-        return binding
-    return min(decision.policies, key=lambda p: (p.remaining, -(p.reset or 0)))
-
-
-def rate_limit_headers(decision: Decision, mode: str, now_s: int) -> list[tuple[str, str]]:
-    """The ``RateLimit`` headers of ``mode`` for a decision (empty without policies)."""
-    policies = decision.policies
-    if not policies:
-        return []
-    if mode == "draft-10":
-        policy = ", ".join(
-            f"{sf_string(p.name)};q={p.quota}"
-            + ("" if p.unit == "requests" else f";qu={sf_string(p.unit)}")
-            + (f";w={p.window}" if p.window else "")
-            for p in policies
-        )
-        state = ", ".join(
-            f"{sf_string(p.name)};r={p.remaining};t={p.reset or 0}" for p in policies
-        )
-        return [("RateLimit-Policy", policy), ("RateLimit", state)]
-    closest = _closest(decision)
-    reset = closest.reset or 0
-    if mode == "legacy":
-        return [
-            ("X-RateLimit-Limit", str(closest.quota)),
-            ("X-RateLimit-Remaining", str(closest.remaining)),
-            ("X-RateLimit-Reset", str(now_s + reset)),
-        ]
-    policy = ", ".join(f"{p.quota};w={p.window}" for p in policies)
-    if mode == "draft-7":
-        return [
-            ("RateLimit", f"limit={closest.quota}, remaining={closest.remaining}, reset={reset}"),
-            ("RateLimit-Policy", policy),
-        ]
-    return [  # draft-6
-        ("RateLimit-Limit", str(closest.quota)),
-        ("RateLimit-Remaining", str(closest.remaining)),
-        ("RateLimit-Reset", str(reset)),
-        ("RateLimit-Policy", policy),
-    ]
-
-
-# -- the 429 ---------------------------------------------------------------------------------
-
-
-def _seconds(n: int) -> str:
-    return "1 second" if n == 1 else f"{n} seconds"
-
-
-def problem_detail(decision: Decision, method: str, path: str) -> str:
-    binding = decision.binding
-    assert binding is not None, "a refused request has a violated policy"
-    where = f"{method} {path}"
-    if decision.retry_after is None:
-        return (
-            f"Rate limit exceeded: this request costs {binding.cost} but the limit allows "
-            f"{binding.text} on {where}, so it can never be satisfied."
-        )
-    return (
-        f"Rate limit exceeded: {binding.text} on {where}. "
-        f"Try again in {_seconds(decision.retry_after)}."
-    )
-
-
-def problem_body(
-    decision: Decision, method: str, path: str, detail: str | None = None
-) -> dict[str, Any]:
-    """The problem+json document of a refusal; ``detail`` replaces the default sentence."""
-    violated = [p for p in decision.policies if p.violated]
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE,
-        "title": PROBLEM_TITLE,
-        "status": 429,
-        "detail": detail if detail is not None else problem_detail(decision, method, path),
-        "instance": path,
-        "violated-policies": [p.name for p in violated],
-    }
-    if decision.retry_after is not None:
-        body["retry_after"] = decision.retry_after
-    body["policies"] = [p.as_dict() for p in violated]
-    return body
-
-
-def denial_headers(decision: Decision, modes: Sequence[str], now_s: int) -> list[tuple[str, str]]:
-    headers = [
-        ("Content-Type", "application/problem+json"),
-        ("Cache-Control", "no-store"),
-    ]
-    if decision.retry_after is not None:
-        headers.append(("Retry-After", str(decision.retry_after)))
-    for mode in modes:
-        headers.extend(rate_limit_headers(decision, mode, now_s))
-    return headers
-
-
-def encode_body(body: dict[str, Any]) -> bytes:
-    # A path that was not valid UTF-8 may reach us as lone surrogates: JSON escapes them.
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(body, separators=(",", ":")).encode("ascii")

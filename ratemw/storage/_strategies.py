@@ -24,8 +24,10 @@ from ratemw.storage._base import CONCURRENCY, STRATEGIES, Hit, Usage
 class Strategy(Protocol):
     """How one kind of quota counts, for the memory storage.
 
-    A strategy for Redis also provides ``lua``: Lua source defining ``check_<tag>`` and
-    ``consume_<tag>`` with the signatures of the built-in ones in ``acquire.lua``.
+    ``name`` is what ``Limiter(strategy=...)`` takes; the strategy's storage keys and its
+    Redis script entries go by its ``tag`` (a short name; a strategy of your own may leave it
+    out and go by its name). A strategy for Redis also provides ``lua`` (see
+    docs/strategies.md).
     """
 
     name: str
@@ -43,6 +45,7 @@ class FixedWindow:
     """``amount`` units per window; the window starts at a key's first hit."""
 
     name = "fixed-window"
+    tag = "fw"
 
     def check(self, state: Any, now: int, hit: Hit) -> Usage:
         # state: [count, window end]
@@ -78,6 +81,7 @@ class MovingWindow:
     """At most ``amount`` units in any ``window`` ending now (a log of hits)."""
 
     name = "moving-window"
+    tag = "mw"
 
     @staticmethod
     def _trim(log: deque[tuple[int, int]], now: int, window: int) -> int:
@@ -128,6 +132,7 @@ class SlidingWindowCounter:
     """
 
     name = "sliding-window-counter"
+    tag = "sw"
 
     @staticmethod
     def current(state: list[int] | None, now: int, window: int) -> list[int]:
@@ -202,6 +207,7 @@ class GCRA:
     """
 
     name = "gcra"
+    tag = "gc"
 
     @staticmethod
     def backlog(state: list[int] | None, now: int, amount: int) -> int:
@@ -246,6 +252,7 @@ class Concurrency:
     """
 
     name = CONCURRENCY
+    tag = "cc"
 
     @staticmethod
     def live(state: dict[str, int] | None, now: int) -> dict[str, int]:
@@ -302,3 +309,10 @@ def register_strategy(strategy: Strategy) -> None:
     if name in STRATEGIES or name == CONCURRENCY:
         raise ConfigurationError(f"strategy name {name!r} is taken by a built-in strategy")
     STRATEGY_IMPLEMENTATIONS[name] = strategy
+
+
+def tag_of(strategy: str) -> str:
+    """The tag a strategy's storage keys and script entries go by (the one table of them)."""
+    found = STRATEGY_IMPLEMENTATIONS.get(strategy)
+    tag = getattr(found, "tag", None)
+    return tag if isinstance(tag, str) else strategy

@@ -20,7 +20,8 @@ import pytest
 import redis
 
 from ratemw import ConfigurationError, Limiter, StorageError
-from ratemw.engine.decide import storage_key
+from ratemw.engine.hits import KeyHasher, storage_key
+from ratemw.engine.plans import key_tail
 from ratemw.policy.limits import parse_quotas
 from ratemw.storage import Hit, Usage
 from ratemw.storage._base import Batch
@@ -292,9 +293,14 @@ def test_decisions_use_the_server_clock(
 
 def test_one_callers_keys_share_one_slot(redis_cluster_clean: RedisCluster) -> None:
     limiter = Limiter(storage=redis_cluster_clean.url)
-    digest = limiter.hash_key("198.51.100.7")
+    digest = KeyHasher()("198.51.100.7")
     quotas = parse_quotas("5/second;100/minute;1000/hour")
-    keys = [storage_key(limiter, digest, b, q) for b in ("GET /a", "*") for q in quotas]
+    settings = limiter.settings
+    keys = [
+        storage_key(settings, digest, key_tail(settings.strategy, b, q))
+        for b in ("GET /a", "*")
+        for q in quotas
+    ]
     assert len({redis_cluster_clean.keyslot(k) for k in keys}) == 1
     storage = RedisStorage(redis_cluster_clean.url, **TEST_OPTIONS)
     try:

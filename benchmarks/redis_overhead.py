@@ -85,6 +85,9 @@ PATH = "/ping"
 SLOW_TARGET = 1 / 3  # ratemw's overhead over slowapi's / flask-limiter's, at most
 FLOOR_TARGET = 1.2  # ratemw's overhead over one bare EVALSHA round trip, at most
 FLOOR_ARGS = ("acquire 0", "fw 1000000 60000 1 1 0")  # one fixed-window hit
+# redis-py sends the script's last argument, the call token ratemw's connections add
+# themselves (the script echoes it, so that a reply is matched to its call).
+REDIS_PY_ARGS = (*FLOOR_ARGS, "1000000000000000")
 
 
 async def _pong(request: Request) -> PlainTextResponse:
@@ -114,7 +117,7 @@ class RedisPyFloor:
         self.client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.client.evalsha(SCRIPT_SHA, 1, "floor:{bench}:ping-py", *FLOOR_ARGS)
+        await self.client.evalsha(SCRIPT_SHA, 1, "floor:{bench}:ping-py", *REDIS_PY_ARGS)
         await self.app(scope, receive, send)
 
 
@@ -188,7 +191,7 @@ def wsgi_apps(url: str) -> tuple[dict[str, WSGIApp], Limiter]:
     floor_flask = floor_app("floor", lambda: floor_pipe.script(
         SCRIPT_SHA, SCRIPT, ["floor:{bench}:ping-wsgi"], FLOOR_ARGS))
     redis_py_flask = floor_app("floor-redis-py", lambda: floor_client.evalsha(
-        SCRIPT_SHA, 1, "floor:{bench}:ping-wsgi-py", *FLOOR_ARGS))
+        SCRIPT_SHA, 1, "floor:{bench}:ping-wsgi-py", *REDIS_PY_ARGS))
 
     ours = Flask("ratemw")
     limiter = Limiter(storage=url)

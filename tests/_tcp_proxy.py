@@ -9,6 +9,8 @@ server cannot on its own::
         proxy.blackhole()   # connections are accepted, nothing is relayed either way
         proxy.forward()     # relaying resumes (what was held back is delivered)
         proxy.cut()         # every open connection is closed (the listener stays)
+        proxy.replay()      # the server's next bytes reach the client again, later: a stray
+        proxy.inject(data)  # bytes the server never sent reach every client now
 
 The proxy runs in a process of its own (this file run as a script, started and ended like the
 Redis servers by ``tests/redis_servers.py``), so that it relays as promptly as a network would
@@ -112,6 +114,19 @@ class TCPProxy:
         """Close every open connection, both sides, as a restarted middlebox would."""
         self._command("cut")
 
+    def replay(self) -> None:
+        """Deliver the next bytes the server sends (on any connection) once more, just ahead
+        of the next bytes it sends on that connection.
+
+        When the client waits for one reply at a time, that is one stray reply: a copy of
+        the last call's answer, arriving in front of the next call's own.
+        """
+        self._command("replay")
+
+    def inject(self, data: bytes) -> None:
+        """Send ``data`` to every client now, as if the server had sent it."""
+        self._command(f"inject {data.hex()}")
+
     def accepted(self) -> int:
         """How many connections the proxy has accepted so far."""
         return int(self._command("accepted"))
@@ -150,6 +165,9 @@ class _Relay:
         self.listener = socket.create_server((listen_host, 0))
         self.listener.setblocking(False)
         self.peers: dict[socket.socket, socket.socket] = {}  # each side to the other
+        self.clients: set[socket.socket] = set()
+        self.replaying = False
+        self.held: dict[socket.socket, bytes] = {}  # client -> bytes to deliver again
         self.relaying = True
         self.running = True
         self.accepted = 0
@@ -189,6 +207,13 @@ class _Relay:
                 self.selector.register(sock, selectors.EVENT_READ)
         elif name == "cut":
             self._cut()
+        elif name == "replay":
+            self.replaying = True
+        elif name.startswith("inject "):
+            data = bytes.fromhex(name.removeprefix("inject "))
+            for client in list(self.clients):
+                with contextlib.suppress(OSError):
+                    client.sendall(data)
         elif name == "accepted":
             answer = str(self.accepted)
         print(answer, flush=True)
@@ -204,6 +229,7 @@ class _Relay:
         except OSError:
             client.close()  # the server is down: the client sees its connection closed
             return
+        self.clients.add(client)
         for sock, peer in ((client, upstream), (upstream, client)):
             sock.settimeout(_SEND_TIMEOUT)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -218,7 +244,10 @@ class _Relay:
         try:
             data = sock.recv(_CHUNK)
             if data:
-                peer.sendall(data)
+                peer.sendall(self.held.pop(peer, b"") + data)
+                if self.replaying and peer in self.clients:
+                    self.replaying = False
+                    self.held[peer] = data
                 return
         except OSError:
             pass
@@ -230,6 +259,8 @@ class _Relay:
             if each is None:
                 continue
             self.peers.pop(each, None)
+            self.clients.discard(each)
+            self.held.pop(each, None)
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(each)
             with contextlib.suppress(OSError):

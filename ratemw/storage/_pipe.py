@@ -22,25 +22,39 @@ breaker treat both lanes alike:
   waiting on it, and the next call opens a new one;
 - a lost or refused connection fails the calls waiting on it (``redis.ConnectionError``),
   and the next call opens a new one.
+
+A command is never sent twice once written: the script may have run, and running it again
+would count the request twice. A call that finds the connection idle looks at it before
+writing (an idle connection the server closed polls readable with the end of the stream,
+before the event loop may have noticed), and opens a new one instead. Replies are matched to
+calls by the token each script call carries (``_resp.py``): the moment a reply does not
+answer the call first in line (a stray reply, bytes while idle, protocol garbage), the
+connection is out of step; it is closed and every call waiting on it fails, none is handed
+another call's reply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import ResponseError
 
 from ratemw.storage._resp import (
     Endpoint,
+    answers,
     check_handshake,
     eval_command,
     evalsha_command,
     lost_script,
     new_reader,
+    new_tokens,
     script_result,
+    token_arg,
 )
 
 
@@ -48,9 +62,9 @@ class _Silent(redis.TimeoutError):
     """A call still waiting on a connection closed for staying silent a whole timeout."""
 
 
-# A call waiting for its reply: its future, its deadline, and how many replies the
-# connection had received when it was sent.
-_Waiter = tuple["asyncio.Future[Any]", float, int]
+# A call waiting for its reply: its future, its deadline, how many replies the connection
+# had received when it was sent, and its token (None: a set-up command, which has none).
+_Waiter = tuple["asyncio.Future[Any]", float, int, "int | None"]
 
 
 class _Connection(asyncio.Protocol):
@@ -71,10 +85,30 @@ class _Connection(asyncio.Protocol):
         self._reader = reader
         self._waiting: deque[_Waiter] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
+        self._poll: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN)
+
+    def usable(self) -> bool:
+        """Whether a call may be written on this connection now.
+
+        While calls are waiting, the connection is in use and answers them in turn. An idle
+        one is looked at first: readable while nobody waits means the server closed it or
+        sent what nobody asked for, and the event loop may not have seen it yet. Either way
+        it is closed (no call is lost: none waits) and the caller opens a new one.
+        """
+        if self.lost is not None:
+            return False
+        if self._waiting or self._poll is None or not self._poll.poll(0):
+            return True
+        self.close(redis.ConnectionError("idle connection readable: closed or out of step"))
+        return False
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -91,7 +125,20 @@ class _Connection(asyncio.Protocol):
             if not waiting:
                 self.close(redis.ConnectionError("Protocol error: a reply nobody asked for"))
                 return
-            future = waiting.popleft()[0]
+            future, _, _, token = waiting.popleft()
+            # An error reply carries no token; any other answer to a script call must carry
+            # its call's. One that does not means the stream is out of step: nothing after it
+            # can be matched to its call.
+            if token is not None and not answers(reply, token) and not isinstance(
+                reply, ResponseError
+            ):
+                self.close(redis.ConnectionError(
+                    f"Protocol error: Redis {self.where} answered with a reply that is not the "
+                    "call's (the connection was out of step and is closed)"
+                ))
+                if not future.done():
+                    future.set_exception(self.lost or redis.ConnectionError("out of step"))
+                return
             if not future.done():  # its caller may have timed out or gone away
                 future.set_result(reply)
 
@@ -99,13 +146,18 @@ class _Connection(asyncio.Protocol):
         reason = f": {exc}" if exc else " (closed by the server)"
         self._fail(redis.ConnectionError(f"Connection to Redis lost{reason}"))
 
-    def send(self, command: bytes, deadline: float) -> asyncio.Future[Any]:
-        """Write ``command``; the future is its reply, or fails at ``deadline``."""
+    def send(
+        self, command: bytes, deadline: float, token: int | None = None
+    ) -> asyncio.Future[Any]:
+        """Write ``command``; the future is its reply, or fails at ``deadline``.
+
+        ``token``: the call token the reply must end with (``None``: a set-up command).
+        """
         if self.lost is not None:
             raise self.lost
         assert self.transport is not None
         future = self.loop.create_future()
-        self._waiting.append((future, deadline, self.replies))
+        self._waiting.append((future, deadline, self.replies, token))
         if self._watchdog is None:
             self._watchdog = self.loop.call_at(deadline, self._watch)
         self.transport.write(command)
@@ -116,7 +168,7 @@ class _Connection(asyncio.Protocol):
         now = self.loop.time()
         silent = False
         earliest: float | None = None
-        for future, deadline, replies in self._waiting:
+        for future, deadline, replies, _ in self._waiting:
             if future.done():
                 continue
             if deadline <= now:
@@ -172,6 +224,7 @@ class AsyncPipe(Endpoint):
         super().__init__(address, options, tls)
         self._connection: _Connection | None = None
         self._opening: asyncio.Task[_Connection] | None = None
+        self._tokens = new_tokens()
 
     async def script(
         self,
@@ -183,40 +236,32 @@ class AsyncPipe(Endpoint):
     ) -> Any:
         """``EVALSHA`` (``EVAL`` if the server lost the script), within one timeout.
 
-        ``command``: the ``EVALSHA`` already packed (``evalsha_command``), if at hand.
+        ``command``: the ``EVALSHA`` already packed (``evalsha_command``), if at hand. The
+        script takes the call's token as its last argument and ends its reply with it.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        if command is None:
-            command = evalsha_command(sha, keys, args)
+        token = next(self._tokens)
+        command = (command or evalsha_command(sha, keys, args)) + token_arg(token)
         connection = self._connection
-        if connection is not None and connection.lost is None and connection.loop is loop:
-            try:
-                reply = await connection.send(command, deadline)
-            except redis.ConnectionError:
-                reply = await self._retry(loop, deadline, command)
-        else:
-            reply = await self._retry(loop, deadline, command)
+        if connection is None or connection.loop is not loop or not connection.usable():
+            connection = await self._usable(loop, deadline)
+        # Written once, whatever happens next: never again on another connection.
+        reply = await connection.send(command, deadline, token)
         if type(reply) is list:
             return reply
-        if lost_script(reply):
-            reply = await self._retry(loop, deadline, eval_command(text, keys, args))
+        if lost_script(reply) and connection.lost is None:
+            token = next(self._tokens)
+            command = eval_command(text, keys, args) + token_arg(token)
+            reply = await connection.send(command, deadline, token)
         return script_result(reply)
 
-    async def _retry(self, loop: asyncio.AbstractEventLoop, deadline: float, command: bytes) -> Any:
-        # A new connection if need be, and one more try on a lost one (one that died with a
-        # restarted server may look open until written to); never after a timeout: the
-        # script may have run.
-        for attempt in (1, 2):
-            connection = self._connection
-            try:
-                if connection is None or connection.lost is not None or connection.loop is not loop:
-                    connection = await self._connect(loop, deadline)
-                return await connection.send(command, deadline)
-            except redis.ConnectionError:
-                if attempt == 2 or loop.time() >= deadline:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+    async def _usable(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+        """The loop's connection if it can take a call now, else a new one."""
+        connection = self._connection
+        if connection is not None and connection.loop is loop and connection.usable():
+            return connection
+        return await self._connect(loop, deadline)
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         """The loop's connection, opened by one caller while the others wait for it."""

@@ -1,6 +1,8 @@
 """The arguments of ``acquire.lua`` and its answer, and requests that span cluster slots.
 
-Pure functions: no I/O. The storages send what these build and hand back what Redis said.
+Pure functions: no I/O. The storages send what these build and hand back what Redis said,
+after checking it: a reply that does not fit its call raises ``UnfitReply``, and
+``call_fault`` tells an error of the call (the script refused its arguments) from an outage.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from collections.abc import Generator, Sequence
 from importlib import resources
 from typing import Any
 
-from ratemw.errors import StorageError
+from redis.exceptions import ClusterCrossSlotError, ResponseError
+
+from ratemw.errors import StorageCallError
 from ratemw.storage._base import CONCURRENCY, Batch, Hit, Usage
 from ratemw.storage._resp import evalsha_command
 
@@ -60,8 +64,8 @@ def _tag(hit: Hit) -> str:
     if tag is None and serves(hit.strategy):
         return hit.strategy  # a strategy of your own goes by its name
     if tag is None:
-        raise StorageError(
-            f"the Redis storage cannot count strategy {hit.strategy!r}; "
+        raise StorageCallError(
+            f"the Redis storage cannot count strategy {hit.strategy!r} (key {hit.key!r}); "
             f"it counts {sorted(STRATEGIES)}"
         )
     return tag
@@ -97,17 +101,89 @@ def acquire_call(hits: Sequence[Hit], sha: str) -> tuple[list[str], list[Any], b
     return keys, args, None
 
 
-def parse_reply(reply: Sequence[Any], count: int) -> list[Usage]:
-    """The script's answer: one ``Usage`` per hit, each stamped with the time of the decision."""
-    now = int(reply[-1])
+class UnfitReply(Exception):
+    """A well-framed reply that does not fit its call: wrong length, shape or types."""
+
+
+def parse_reply(reply: Any, count: int) -> list[Usage]:
+    """The script's answer: one ``Usage`` per hit, each stamped with the time of the decision.
+
+    ``reply`` is 4 integers per hit, the time, and the call's token (checked by whoever
+    sent the call). Anything else raises ``UnfitReply``.
+    """
+    if type(reply) is not list or len(reply) != count * 4 + 2:
+        raise UnfitReply(
+            f"expected {count * 4 + 2} integers for {count} hit(s), got {_shape(reply)}"
+        )
+    now = reply[-2]
     if count == 1:  # one limit: the common case, without the loop
-        fits, remaining, reset, wait, _ = reply
+        fits, remaining, reset, wait = reply[0], reply[1], reply[2], reply[3]
+        if not (
+            type(fits) is type(remaining) is type(reset) is type(wait) is type(now) is int
+            and 0 <= fits <= 1 and reset >= 0 and wait >= -1
+        ):
+            raise UnfitReply(f"hit 1 answered {reply[:4]!r} at {now!r}")
         return [Usage(fits == 1, remaining, reset, wait if wait >= 0 else None, now)]
+    if type(now) is not int:
+        raise UnfitReply(f"the time is {now!r}")
     usages = []
     for i in range(0, count * 4, 4):  # the script answers integers: no conversion needed
         fits, remaining, reset, wait = reply[i : i + 4]
+        if not (
+            type(fits) is type(remaining) is type(reset) is type(wait) is int
+            and 0 <= fits <= 1 and reset >= 0 and wait >= -1
+        ):
+            raise UnfitReply(f"hit {i // 4 + 1} answered {reply[i : i + 4]!r}")
         usages.append(Usage(fits == 1, remaining, reset, wait if wait >= 0 else None, now))
     return usages
+
+
+def _shape(reply: Any) -> str:
+    if type(reply) is list:
+        return f"a list of {len(reply)}: {reply[:12]!r}"
+    return f"{type(reply).__name__} {reply!r:.100}"
+
+
+# Error codes of a server that is unwell (or of a deployment that cannot serve anyone), not of
+# one call: the circuit breaker counts these.
+_OUTAGE_CODES = frozenset({
+    "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "OOM", "BUSY", "TRYAGAIN",
+    "NOREPLICAS", "MOVED", "ASK", "MISCONF", "NOAUTH", "WRONGPASS", "NOPERM", "NOSCRIPT",
+    "UNKILLABLE", "EXECABORT",
+})  # fmt: skip
+# What a script error caused by the call's data says (Redis 7 and earlier).
+_CALL_MARKS = ("ratemw:", "user_script:", "Error running script", "WRONGTYPE")
+
+
+def call_fault(error: BaseException) -> bool:
+    """Whether a backend error is the call's own: the server answered, and refused the call.
+
+    True for the script's refusal of an argument (``ratemw: ...``), any other Lua error in
+    the script (a key holding the wrong type of value, data it cannot count), and keys of
+    several cluster slots in one call. False for everything that says the server, not the
+    call, is unwell (``LOADING``, ``READONLY``, ``CLUSTERDOWN``, ``OOM``, ``BUSY``, ...), for
+    lost connections and timeouts, and for errors nobody expected.
+    """
+    if isinstance(error, ClusterCrossSlotError):
+        return True
+    if type(error) is not ResponseError:  # redis-py's subclasses name server states
+        return False
+    text = str(error)
+    if text.split(" ", 1)[0] in _OUTAGE_CODES or "SCRIPT KILL" in text:  # a busy server
+        return False
+    return text.startswith("CROSSSLOT") or any(mark in text for mark in _CALL_MARKS)
+
+
+def describe_hits(hits: Sequence[Hit], most: int = 4) -> str:
+    """What a call sent, for messages: keys (hashed identities) and numbers, no secrets."""
+    shown = [
+        f"{hit.key!r} ({hit.strategy} {hit.amount!r} per {hit.window_ms!r} ms, "
+        f"cost {hit.cost!r}, enforce {hit.enforce!r}, burst {hit.burst!r})"
+        for hit in hits[:most]
+    ]
+    if len(hits) > most:
+        shown.append(f"and {len(hits) - most} more")
+    return "[" + ", ".join(shown) + "]" if shown else "[]"
 
 
 def slot_groups(hits: Sequence[Hit]) -> list[list[int]]:

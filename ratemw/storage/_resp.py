@@ -2,10 +2,19 @@
 
 Shared by the async (``_pipe.py``) and sync (``_sync_pipe.py``) script connections, with what
 both need to open one: the TLS context and the handshake.
+
+**Call tokens.** Every script call ends with one more argument, a token the script echoes as
+the last element of its reply (``acquire.lua``: ``ARGV[#KEYS + 2]``). A reply is matched to
+its call by that token, not only by its place in the stream: a connection whose replies no
+longer match what was sent (a stray reply, a bug, a middlebox) is closed, and no call is
+ever handed another call's answer. A packed script command (``evalsha_command``) leaves the
+token out, so that one packed command can be kept and sent many times, each time with a
+fresh token appended (``token_arg``): 16 digits, so every token packs to the same length.
 """
 
 from __future__ import annotations
 
+import itertools
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -34,8 +43,15 @@ class ReplyReader:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    def has_data(self) -> bool:
+        """Whether bytes are left over that no whole reply returned so far accounted for."""
+        return bool(self._buffer)
+
     def gets(self) -> Any:
-        parsed = self._parse(0)
+        try:
+            parsed = self._parse(0)
+        except ValueError as exc:  # a length or an integer that is not one
+            raise redis.ConnectionError(f"Protocol error: {exc}") from None
         if parsed is None:
             return False
         reply, end = parsed
@@ -97,6 +113,9 @@ def pack(args: Sequence[str | bytes | int]) -> bytes:
 def pack_script(head: str, count: int, keys: Sequence[str], args: Sequence[str]) -> bytes:
     """``head`` (the command and its first arguments, packed) + ``keys`` + ``args``, packed.
 
+    ``count``: how many arguments the command has besides the number of keys, the keys and
+    ``args``: those of ``head``, and any the caller appends (a call token).
+
     The common case, ASCII text, is packed as one string and encoded once: this runs on
     every request.
     """
@@ -121,18 +140,38 @@ def packed_head(*args: str) -> str:
 
 _EVALSHA_HEADS: dict[str, str] = {}  # one per script SHA: a handful at most
 
+# Tokens have 16 digits (10^15 up to 2^53 - 1, what the script counts exactly).
+TOKEN_BASE = 10**15
+
+
+def new_tokens() -> itertools.count[int]:
+    """A source of call tokens (``next()`` on it is atomic: threads may share one)."""
+    return itertools.count(TOKEN_BASE)
+
+
+def token_arg(token: int) -> bytes:
+    """The last argument of a script call: its token, packed."""
+    return b"$16\r\n%d\r\n" % token
+
+
+def answers(reply: Any, token: int) -> bool:
+    """Whether ``reply`` is the answer of the script call that carried ``token``."""
+    return type(reply) is list and len(reply) > 0 and reply[-1] == token
+
 
 def evalsha_command(sha: str, keys: Sequence[str], args: Sequence[str]) -> bytes:
-    """``EVALSHA sha numkeys keys... args...``, packed."""
+    """``EVALSHA sha numkeys keys... args... token``, packed but for the token (``token_arg``).
+    """
     head = _EVALSHA_HEADS.get(sha)
     if head is None:
         head = _EVALSHA_HEADS[sha] = packed_head("EVALSHA", sha)
-    return pack_script(head, 2, keys, args)
+    return pack_script(head, 3, keys, args)
 
 
 def eval_command(text: str, keys: Sequence[str], args: Sequence[str]) -> bytes:
-    """``EVAL text numkeys keys... args...``, packed: what loads a script the server lost."""
-    return pack_script(packed_head("EVAL", text), 2, keys, args)
+    """``EVAL text numkeys keys... args... token``, packed but for the token: what loads a
+    script the server lost."""
+    return pack_script(packed_head("EVAL", text), 3, keys, args)
 
 
 def lost_script(reply: Any) -> bool:

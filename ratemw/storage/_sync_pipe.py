@@ -10,12 +10,25 @@ the idle connections kept.
 One deadline per call, ``socket_timeout``, covers everything it waits for: opening a
 connection, its handshake (TLS, ``AUTH``, ``SELECT``) and the reply. A connection that timed
 out or failed is closed, never reused: its reply may still be on the way.
+
+A command is never sent twice once any of its bytes may have reached the server: the script
+may have run, and running it again would count the request twice. So an idle connection is
+looked at before it is reused: one the server closed (a restart, ``CLIENT KILL``, an idle
+timeout) polls readable with the end of the stream, and is replaced by a new one before
+anything is written. Only a command the socket refused outright (nothing written) is sent
+again, once, on a new connection.
+
+Replies are matched to calls by the token each script call carries (``_resp.py``). A
+connection that answers a call with a reply that is not its own, holds bytes nobody asked for
+after a reply, or has something to say while idle is out of step with its calls: it is
+closed, never reused, and the call fails rather than take another call's answer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import ssl
 import time
@@ -24,18 +37,26 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import ResponseError
 
 from ratemw.storage._resp import (
     Endpoint,
+    answers,
     check_handshake,
     eval_command,
     evalsha_command,
     lost_script,
     new_reader,
+    new_tokens,
     script_result,
+    token_arg,
 )
 
 _READ_SIZE = 65536
+
+
+class _NotSent(redis.ConnectionError):
+    """The socket refused a command outright: not a byte of it left, so it cannot have run."""
 
 
 class _Link:
@@ -45,13 +66,44 @@ class _Link:
         self.sock = sock
         self.label = label
         self._reader = new_reader()
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+        self._tls = isinstance(sock, ssl.SSLSocket)
+
+    def reusable(self) -> bool:
+        """Whether an idle connection can carry another call: nothing unread, still open."""
+        if self._reader.has_data() or (self._tls and self.sock.pending()):  # type: ignore[attr-defined]
+            return False
+        if not self._poll.poll(0):
+            return True
+        # Readable while idle: the server closed it (end of stream), or sent what nobody asked
+        # for; under TLS it may also be a record without data for us (a session ticket).
+        try:
+            self.sock.setblocking(False)
+            self.sock.recv(1)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return True
+        except OSError:
+            return False
+        return False
+
+    def clean(self) -> bool:
+        """Whether every byte received so far belonged to the replies read."""
+        return not self._reader.has_data()
 
     def call(self, commands: bytes, replies: int, deadline: float) -> list[Any]:
         """Write ``commands``; read ``replies`` replies, all before ``deadline``."""
         sock = self.sock
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.0001))
-            sock.sendall(commands)
+            try:
+                sent = sock.send(commands)
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                raise _NotSent(f"Error writing to Redis {self.label}: {exc}") from exc
+            if sent < len(commands):
+                sock.sendall(memoryview(commands)[sent:])
             found: list[Any] = []
             while True:
                 reply = self._reader.gets()
@@ -68,6 +120,8 @@ class _Link:
                 if not data:
                     raise redis.ConnectionError(f"Redis {self.label} closed the connection")
                 self._reader.feed(data)
+        except redis.ConnectionError:
+            raise
         except TimeoutError:  # socket.timeout is TimeoutError since Python 3.10
             raise redis.TimeoutError(f"Timeout reading from Redis {self.label}") from None
         except OSError as exc:
@@ -91,6 +145,7 @@ class Pipe(Endpoint):
         super().__init__(address, options, tls)
         self._idle: deque[_Link] = deque()  # append and pop are atomic: no lock needed
         self._pid = os.getpid()
+        self._tokens = new_tokens()
 
     def script(
         self,
@@ -102,42 +157,59 @@ class Pipe(Endpoint):
     ) -> Any:
         """``EVALSHA`` (``EVAL`` if the server lost the script), within one timeout.
 
-        ``command``: the ``EVALSHA`` already packed (``evalsha_command``), if at hand.
+        ``command``: the ``EVALSHA`` already packed (``evalsha_command``), if at hand. The
+        script takes the call's token as its last argument and ends its reply with it.
         """
         deadline = time.monotonic() + self.timeout
-        reply = self._call(command or evalsha_command(sha, keys, args), deadline)
+        token = next(self._tokens)
+        command = (command or evalsha_command(sha, keys, args)) + token_arg(token)
+        reply = self._call(command, token, deadline)
         if type(reply) is list:
             return reply
         if lost_script(reply):
-            reply = self._call(eval_command(text, keys, args), deadline)
+            token = next(self._tokens)
+            reply = self._call(eval_command(text, keys, args) + token_arg(token), token, deadline)
         return script_result(reply)
 
-    def _call(self, command: bytes, deadline: float) -> Any:
+    def _call(self, command: bytes, token: int, deadline: float) -> Any:
         if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
             self._forget()
-        # One retry on an idle connection that turns out dead (it died with a restarted
-        # server); never after a timeout: the script may have run.
         for attempt in (1, 2):
-            link, reused = self._take(deadline)
+            link = self._take(deadline)
             try:
                 reply = link.call(command, 1, deadline)[0]
-            except redis.ConnectionError:
+            except _NotSent:  # nothing was written: it may go out again, on a new connection
                 link.close()
-                if not reused or attempt == 2 or time.monotonic() >= deadline:
+                if attempt == 2 or time.monotonic() >= deadline:
                     raise
                 continue
             except BaseException:
                 link.close()
                 raise
-            self._idle.append(link)
+            # An error reply carries no token; any other reply must carry this call's.
+            if not answers(reply, token) and not isinstance(reply, ResponseError):
+                link.close()
+                raise redis.ConnectionError(
+                    f"Protocol error: Redis {self.where} answered with a reply that is not this "
+                    "call's (the connection was out of step and is closed)"
+                )
+            if link.clean():
+                self._idle.append(link)
+            else:  # more than was asked for arrived: out of step from here on
+                link.close()
             return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _take(self, deadline: float) -> tuple[_Link, bool]:
-        try:
-            return self._idle.pop(), True
-        except IndexError:
-            return self._open(deadline), False
+    def _take(self, deadline: float) -> _Link:
+        """An idle connection that is still fit to use, or a new one."""
+        while True:
+            try:
+                link = self._idle.pop()
+            except IndexError:
+                return self._open(deadline)
+            if link.reusable():
+                return link
+            link.close()
 
     def _open(self, deadline: float) -> _Link:
         timeout = max(min(self.connect_timeout, deadline - time.monotonic()), 0.0001)
@@ -152,6 +224,10 @@ class Pipe(Endpoint):
             try:
                 check_handshake(link.call(b"".join(self._handshake), len(self._handshake),
                                           deadline))
+                if not link.clean():
+                    raise redis.ConnectionError(
+                        f"Protocol error: Redis {self.where} answered more than the set-up asked"
+                    )
             except BaseException:
                 link.close()
                 raise

@@ -12,25 +12,68 @@
 --   strategy "fw" fixed window, "mw" moving window, "sw" sliding-window counter, "gc" GCRA,
 --   "cc" concurrency; extra is the GCRA burst (0 = amount) or the concurrency token.
 --   (One argument per hit rather than six: every argument costs the client time to pack.)
+-- ARGV[#KEYS + 2]: the call's token, a whole number the reply ends with, so that the client
+--   can tell its reply from any other (a connection out of step is closed, never trusted).
 -- Returns 4 integers per hit: fits (1/0), remaining, reset (ms), wait (ms, -1 = never),
--- then the time (ms) the decision was made at; "refund"/"undo" return {}.
+-- then the time (ms) the decision was made at, then the token; "refund"/"undo" return
+-- {token}.
 --
--- The arithmetic mirrors ratemw/storage/_strategies.py line for line. Every number stays
--- an integer below 2^53, where Lua's doubles are exact.
+-- Every argument is checked before anything is written: a call the script cannot count
+-- exactly is refused whole with an error reply starting "ratemw:", naming the argument,
+-- and leaves every key as it was. The arithmetic mirrors ratemw/storage/_strategies.py line
+-- for line.
 
-local tonumber, math, string, redis = tonumber, math, string, redis
-local mode, time_arg = string.match(ARGV[1], '^(%a+) (%d+)$')
-local now = tonumber(time_arg)
-if mode == 'acquire' or mode == 'peek' then
-  if now == 0 then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  end
-else
+local tonumber, math, string, redis, ipairs = tonumber, math, string, redis, ipairs
+
+-- Every number the script computes, stores or sends to Redis stays a whole number below
+-- 2^53, where Lua's doubles are exact and Redis prints them as digits (a larger one would
+-- go out as "1e+17", which PEXPIRE refuses). A cost has no upper bound: one larger than
+-- its quota never fits, is never written, and only compares as larger than any count.
+local MAX_COUNT = 2 ^ 53 - 1  -- amount, burst
+local MAX_WINDOW = 2 ^ 51     -- ms (about 71,000 years); now + 2 windows stays below 2^53
+local MAX_PRODUCT = 2 ^ 52    -- units x window ms, for the strategies that multiply them
+local MAX_TOKEN = 2 ^ 53 - 1
+
+local function refuse(what)
+  return redis.error_reply('ERR ratemw: ' .. what)
+end
+
+local function quoted(text)
+  text = string.gsub(tostring(text), '%c', '?')  -- an error reply is one line
+  if #text > 40 then text = string.sub(text, 1, 40) .. '...' end
+  return "'" .. text .. "'"
+end
+
+-- A whole number written in digits, from low to high; nil for anything else.
+local function whole(text, low, high)
+  if text == nil or #text > 16 or not string.match(text, '^%d+$') then return nil end
+  local n = tonumber(text)
+  if n < low or n > high then return nil end
+  return n
+end
+
+if #ARGV ~= #KEYS + 2 then
+  return refuse('expected ' .. (#KEYS + 2) .. ' arguments for ' .. #KEYS .. ' keys, got ' .. #ARGV)
+end
+local MODES = {acquire = true, peek = true, refund = true, undo = true}
+local mode, time_arg = string.match(ARGV[1], '^(%a+) (%S+)$')
+if not MODES[mode] then
+  return refuse('ARGV[1] ' .. quoted(ARGV[1]) .. ' is not "<acquire|peek|refund|undo> <time ms>"')
+end
+local stamp = whole(time_arg, 0, MAX_WINDOW)
+if stamp == nil then
+  return refuse('time ' .. quoted(time_arg) .. ' is not a whole number of ms from 0 to 2^51')
+end
+local token = whole(ARGV[#ARGV], 0, MAX_TOKEN)
+if token == nil then
+  return refuse('token ' .. quoted(ARGV[#ARGV]) .. ' is not a whole number from 0 to 2^53 - 1')
+end
+
+local now = stamp
+if mode ~= 'acquire' and mode ~= 'peek' or now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local stamp = tonumber(time_arg)
 
 -- Every decision compares times on `now` (TIME, or the request's clock) with times stored in
 -- the keys; expiry only reclaims memory. A key outlives its last use by this margin, so that
@@ -104,9 +147,14 @@ local function moving_window(key, amount, window, cost)
   return 0, amount - used, reset, -1, state
 end
 
+-- "%d", not tostring: every digit of a large number (tostring prints 14 significant ones).
+local function moving_entry(at, cost)
+  return string.format('%d:%d', at, cost)
+end
+
 local function consume_moving(key, window, cost, state)
   for _ = 1, state.stale do redis.call('RPOP', key) end
-  redis.call('LPUSH', key, now .. ':' .. cost)
+  redis.call('LPUSH', key, moving_entry(now, cost))
   expire_at(key, now + window)
 end
 
@@ -231,7 +279,7 @@ local function refund(key, strategy, amount, window, cost, extra)
       end
     end
   elseif strategy == 'mw' then
-    redis.call('LREM', key, 1, stamp .. ':' .. cost)
+    redis.call('LREM', key, 1, moving_entry(stamp, cost))
   elseif strategy == 'sw' then
     local s = tonumber(redis.call('HGET', key, 's'))
     if s == stamp - stamp % window and redis.call('HINCRBY', key, 'c', -cost) < 0 then
@@ -248,25 +296,102 @@ local function refund(key, strategy, amount, window, cost, extra)
   end
 end
 
+-- Each hit's arguments, checked: {strategy, amount, window, cost, enforce, extra}, or nil
+-- and what is wrong with them.
 local HIT = '^(%S+) (%d+) (%d+) (%d+) ([01]) (%S*)$'
+local FIELDS = '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S*)$'
+
+-- Why a hit's text does not match HIT: which field is not what it should be.
+local function malformed(text)
+  local _, amount, window, cost, enforce = string.match(text, FIELDS)
+  if amount == nil then
+    return quoted(text) .. ' is not "<strategy> <amount> <window ms> <cost> <enforce> <extra>"'
+  end
+  for _, field in ipairs({{'amount', amount}, {'window', window}, {'cost', cost}}) do
+    if not string.match(field[2], '^%d+$') then
+      return field[1] .. ' ' .. quoted(field[2]) .. ' is not a whole number'
+    end
+  end
+  return 'enforce ' .. quoted(enforce) .. ' is not 0 or 1'
+end
+
+local function parse_hit(text)
+  local strategy, amount, window, cost, enforce, extra = string.match(text, HIT)
+  if strategy == nil then return nil, malformed(text) end
+  if checks[strategy] == nil then return nil, 'unknown strategy ' .. quoted(strategy) end
+  amount, window, cost = tonumber(amount), tonumber(window), tonumber(cost)
+  if amount < 1 or amount > MAX_COUNT then
+    return nil, 'amount ' .. quoted(amount) .. ' is not from 1 to 2^53 - 1'
+  end
+  if window < 1 or window > MAX_WINDOW then
+    return nil, 'window ' .. quoted(window) .. ' is not from 1 to 2^51 ms'
+  end
+  if cost < 1 then return nil, 'cost ' .. quoted(cost) .. ' is below 1' end
+  -- What is handed back was counted, so fits in a count (and HINCRBY takes it as digits).
+  if cost > MAX_COUNT and (mode == 'refund' or mode == 'undo') then
+    return nil, 'cost ' .. quoted(cost) .. ' is above 2^53 - 1: it cannot have been counted'
+  end
+  if strategy == 'gc' then
+    local burst = whole(extra, 0, MAX_COUNT)
+    if burst == nil then return nil, 'burst is not a whole number from 0 to 2^53 - 1' end
+    if burst == 0 then burst = amount end
+    if burst * window > MAX_PRODUCT then
+      return nil, 'burst x window exceeds 2^52: too large to count exactly'
+    end
+  elseif strategy == 'sw' then
+    if amount * window > MAX_PRODUCT then
+      return nil, 'amount x window exceeds 2^52: too large to count exactly'
+    end
+  elseif strategy == 'cc' and extra == '' then
+    return nil, 'no token for the concurrency slot'
+  end
+  return {strategy, amount, window, cost, enforce == '1', extra}
+end
+
+-- What a refund may find in a key: anything else is left alone, and the call refused.
+local TYPES = {fw = 'hash', mw = 'list', sw = 'hash', gc = 'hash', cc = 'zset'}
+
+local hits = {}
+local seen = {}
+for i = 1, #KEYS do
+  local hit, why = parse_hit(ARGV[i + 1])
+  if hit == nil then return refuse('hit ' .. i .. ' (' .. quoted(KEYS[i]) .. '): ' .. why) end
+  hits[i] = hit
+  if #KEYS > 1 then
+    -- One key counted by two strategies would meet a key of the wrong type half-way.
+    local other = seen[KEYS[i]]
+    if other ~= nil and other ~= hit[1] then
+      return refuse('hit ' .. i .. ' (' .. quoted(KEYS[i]) .. '): the key is counted by ' ..
+        quoted(other) .. ' too')
+    end
+    seen[KEYS[i]] = hit[1]
+  end
+end
 
 if mode == 'refund' or mode == 'undo' then
+  -- Refunds write as they go: every key is checked first.
   for i = 1, #KEYS do
-    local strategy, amount, window, cost, _, extra = string.match(ARGV[i + 1], HIT)
-    refund(KEYS[i], strategy, tonumber(amount), tonumber(window), tonumber(cost), extra)
+    local expected = TYPES[hits[i][1]]
+    local found = redis.call('TYPE', KEYS[i])['ok']
+    if expected and found ~= 'none' and found ~= expected then
+      return refuse('hit ' .. i .. ' (' .. quoted(KEYS[i]) .. '): the key holds a ' .. found)
+    end
   end
-  return {}
+  for i = 1, #KEYS do
+    local h = hits[i]
+    refund(KEYS[i], h[1], h[2], h[3], h[4], h[6])
+  end
+  return {token}
 end
 
 local out = {}
 local pending = {}
 local admit = true
 for i = 1, #KEYS do
-  local strategy, amount, window, cost, enforce, extra = string.match(ARGV[i + 1], HIT)
-  amount, window, cost = tonumber(amount), tonumber(window), tonumber(cost)
-  local fits, remaining, reset, wait, state =
-    checks[strategy](KEYS[i], amount, window, cost, extra)
-  if fits == 0 and enforce == '1' then admit = false end
+  local h = hits[i]
+  local strategy, amount, window, cost = h[1], h[2], h[3], h[4]
+  local fits, remaining, reset, wait, state = checks[strategy](KEYS[i], amount, window, cost, h[6])
+  if fits == 0 and h[5] then admit = false end
   pending[i] = {strategy, window, cost, state, fits, amount}
   out[#out + 1] = fits
   out[#out + 1] = remaining
@@ -291,4 +416,5 @@ else
   end
 end
 out[#out + 1] = now
+out[#out + 1] = token
 return out

@@ -4,6 +4,11 @@ One process, no server. Bounded: at most ``max_keys`` keys are held; expired key
 as new ones arrive, and when the table is still full the least recently used key goes first.
 A caller who keeps hammering a limit keeps its key fresh, so a flood of new keys evicts idle
 keys long before it can evict an active one.
+
+Hits are checked before anything is read or written: a cost that is not a whole number of at
+least 1, an amount below 1, a window of no time, an unknown strategy raise
+``StorageCallError`` and leave the table as it was (the limiter checks them too; this is the
+second line).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ratemw.errors import StorageCallError
 from ratemw.storage._base import CONCURRENCY, Hit, Usage
 from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
 
@@ -23,6 +29,25 @@ _SWEEP_BATCH = 64
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _whole(value: Any, least: int) -> bool:
+    return type(value) is int and value >= least
+
+
+def refuse_invalid(hits: Sequence[Hit]) -> None:
+    """Raise ``StorageCallError`` unless every hit can be counted."""
+    for hit in hits:
+        if not (
+            _whole(hit.cost, 1) and _whole(hit.amount, 1) and _whole(hit.window_ms, 1)
+            and _whole(hit.burst, 0) and hit.strategy in STRATEGY_IMPLEMENTATIONS
+        ):
+            raise StorageCallError(
+                f"memory storage refused the hit {hit.key!r}: cost {hit.cost!r} and amount "
+                f"{hit.amount!r} must be whole numbers of at least 1, window_ms "
+                f"{hit.window_ms!r} at least 1 ms, burst {hit.burst!r} at least 0, and "
+                f"strategy {hit.strategy!r} one of {sorted(STRATEGY_IMPLEMENTATIONS)}"
+            )
 
 
 class MemoryStorage:
@@ -68,6 +93,7 @@ class MemoryStorage:
         return states, usages
 
     def acquire(self, hits: Sequence[Hit]) -> list[Usage]:
+        refuse_invalid(hits)
         with self._lock:
             now = self.clock()
             if len(hits) == 1:  # the common case, without the bookkeeping of a batch
@@ -110,11 +136,13 @@ class MemoryStorage:
             self._make_room(now)
 
     def peek(self, hits: Sequence[Hit]) -> list[Usage]:
+        refuse_invalid(hits)
         with self._lock:
             _, usages = self._check(hits, self.clock())
             return [_unconsumed(u, h) for u, h in zip(usages, hits, strict=True)]
 
     def refund(self, hits: Sequence[Hit], stamp_ms: int) -> None:
+        refuse_invalid(hits)
         with self._lock:
             now = self.clock()
             for hit in hits:
@@ -138,6 +166,9 @@ class MemoryStorage:
         while len(data) > self.max_keys:
             data.popitem(last=False)
             self.evictions += 1
+
+    def check(self) -> None:
+        """Nothing to connect to: always ready (the twin of ``RedisStorage.check``)."""
 
     def clear(self, key: str) -> None:
         with self._lock:
@@ -170,6 +201,9 @@ class AsyncMemoryStorage:
 
     async def peek(self, hits: Sequence[Hit]) -> list[Usage]:
         return self.sync.peek(hits)
+
+    async def check(self) -> None:
+        self.sync.check()
 
     async def refund(self, hits: Sequence[Hit], stamp_ms: int) -> None:
         self.sync.refund(hits, stamp_ms)

@@ -10,40 +10,44 @@ one slot. A request whose limits count different identities (say, per user and p
 spans slots; it then takes one script call per slot, consuming in turn and handing back what
 it took if a later slot refuses, so it never over-admits.
 
-Under ASGI, a single server (TCP, TLS or Unix socket) gets the scripts over one pipelined
-connection per event loop (``_pipe.py``), which costs about half a redis-py round trip;
-Cluster and Sentinel, and every command other than the script, go through redis-py.
+A single server (TCP, TLS or Unix socket) gets the scripts over ratemw's own connections:
+one pipelined connection per event loop under ASGI (``_pipe.py``), blocking sockets under
+WSGI (``_sync_pipe.py``), each about half a redis-py round trip. On a Cluster each script
+call goes straight to the node that owns its slot over redis-py's node connections
+(``_cluster.py``), so that redis-py's sleeps and retries never make a request wait or count
+twice; Sentinel, and every command other than the script, go through redis-py's clients
+(``_clients.py``). Every script call carries a token its reply must end with
+(``_resp.py``): no call is ever handed another call's reply.
 
-Failures are bounded: every command has a socket timeout (0.1 s by default), a lost
-connection is retried once (a pooled connection may have died with a restarted server), a
-timed-out command never (the script may have run), and at most ``max_connections`` commands
-are in flight per redis-py pool. A command queued for a free connection is not sent when one
-ahead of it failed meanwhile, so no request waits for more than one timeout.
+Failures are bounded: every command has a socket timeout (0.1 s by default), and a command is
+never sent again once it may have run (it would count the request twice): a connection the
+server closed is found out before anything is written on it. At most ``max_connections``
+commands are in flight per redis-py pool; a command queued for a free connection is not sent
+when one ahead of it failed meanwhile, so no request waits for more than one timeout.
+
+Errors are ``StorageError``s, raised from the backend's: an outage (no answer, a timeout, a
+server that says it is unwell: ``LOADING``, ``READONLY``, ``CLUSTERDOWN``, ...), counted by the
+limiter's circuit breaker; or ``StorageCallError``s, where the server answered but this one
+call was at fault (the script refused its arguments, or the reply does not fit it), which
+the breaker does not count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import redis
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.asyncio.retry
-import redis.asyncio.sentinel
-import redis.cluster
-import redis.sentinel
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
-from redis.retry import Retry
 
-from ratemw.errors import StorageError
+from ratemw.errors import StorageCallError, StorageError
 from ratemw._redact import describe_error
 from ratemw.storage._base import Hit, Usage
 from ratemw.storage._blocked import BlockedCache
+from ratemw.storage._clients import build_client
+from ratemw.storage._cluster import AsyncClusterScripts, ClusterScripts
 from ratemw.storage._pipe import AsyncPipe
 from ratemw.storage._redis_config import (
     DEFAULT_OPTIONS,
@@ -57,9 +61,12 @@ from ratemw.storage._redis_script import (
     SCRIPT,
     SCRIPT_SHA,
     STRATEGIES,
+    UnfitReply,
     acquire_call,
     any_refused,
+    call_fault,
     compose_script,
+    describe_hits,
     parse_reply,
     refund_calls,
     script_args,
@@ -67,6 +74,8 @@ from ratemw.storage._redis_script import (
     slot_by_slot,
     slot_groups,
 )
+from ratemw.storage._resp import answers, new_tokens
+from ratemw.storage._slots import UNHEALTHY, FailedAhead, Slots
 from ratemw.storage._sync_pipe import Pipe
 
 __all__ = [
@@ -88,162 +97,48 @@ __all__ = [
 ]
 
 _ERRORS = (RedisError, RedisClusterException)
+_FAILURES = (*_ERRORS, UnfitReply)
+# clear() and reset() go through redis-py, which may fail to make sense of a reply with a
+# ValueError or TypeError of its own: a storage failure all the same.
+_ADMIN_FAILURES = (*_ERRORS, ValueError, TypeError)
+_OUT_OF_STEP = "Protocol error: Redis answered with a reply that is not the call's"
 
 
-
-# -- clients ---------------------------------------------------------------------------------
-
-
-def _retry(asynchronous: bool, retries: int = 1) -> Any:
-    # One retry on a lost connection: a pooled connection dies with a restarted or failed-over
-    # server. Never on a timeout: the script may have run, and running it again would count
-    # the request twice.
-    cls = redis.asyncio.retry.Retry if asynchronous else Retry
-    return cls(NoBackoff(), retries, supported_errors=(redis.ConnectionError,))
-
-
-def _connection_options(config: RedisConfig, asynchronous: bool) -> dict[str, Any]:
-    options = config.client_options()
-    # redis-py 8 retries a Sentinel connection on the address it had, the demoted master's:
-    # the storage retries itself instead, on a connection that asks the Sentinel again.
-    options["retry"] = _retry(asynchronous, 0 if config.kind == "sentinel" else 1)
-    if config.tls:
-        options["ssl"] = True
-    return options
-
-
-def build_client(config: RedisConfig, *, asynchronous: bool) -> tuple[Any, list[Any]]:
-    """A redis-py client (sync or async) and the extra clients to close with it."""
-    options = _connection_options(config, asynchronous)
-    aio: Any = redis.asyncio if asynchronous else redis
-    if config.kind in ("single", "unix"):
-        if config.kind == "unix":
-            options["path"] = config.path
-            options.pop("ssl", None)
-            pool = aio.ConnectionPool(connection_class=aio.UnixDomainSocketConnection, **options)
-        else:
-            host, port = config.hosts[0]
-            ssl = options.pop("ssl", False)
-            connection_class = aio.SSLConnection if ssl else aio.Connection
-            pool = aio.ConnectionPool(
-                host=host, port=port, connection_class=connection_class, **options
-            )
-        # from_pool: the client owns the pool and disconnects it when closed.
-        return aio.Redis.from_pool(pool), []
-    if config.kind == "cluster":
-        options.pop("db", None)
-        cluster: Any = redis.asyncio.cluster if asynchronous else redis.cluster
-        nodes = [cluster.ClusterNode(host, port) for host, port in config.hosts]
-        return cluster.RedisCluster(startup_nodes=nodes, **options), []
-    sentinel_options = {
-        "socket_timeout": options["socket_timeout"],
-        "socket_connect_timeout": options["socket_connect_timeout"],
-        "retry": _retry(asynchronous),
-    }
-    # As in ``limits``: the URI's credentials serve the Sentinels too, unless given apart.
-    for ours, theirs in (("sentinel_username", "username"), ("sentinel_password", "password")):
-        value = config.options.get(ours, config.options.get(theirs))
-        if value is not None:
-            sentinel_options[theirs] = value
-    sentinel_class = redis.asyncio.sentinel.Sentinel if asynchronous else redis.sentinel.Sentinel
-    sentinel = sentinel_class(config.hosts, sentinel_kwargs=sentinel_options)
-    return sentinel.master_for(config.path, **options), list(sentinel.sentinels)
-
-
-# -- bounded waits -----------------------------------------------------------------------------
-
-
-
-# A timeout or a broken connection: the server (or the way to it) is failing.
-_UNHEALTHY = (redis.ConnectionError, redis.TimeoutError)
-
-
-class _FailedAhead(redis.ConnectionError):
-    """A command that waited for a free connection is not sent: one ahead of it failed.
-
-    When the server hangs, every connection is soon busy waiting out its socket timeout and
-    further requests queue for one. Sending them on as connections free up would make each
-    wait for a connection *and then* for its own timeout, several timeouts in a row; they
-    fail as soon as a command ahead of them does instead, so no request waits on an
-    unhealthy server for longer than one socket timeout (and the limiter's circuit breaker
-    spares the next ones the wait altogether).
-    """
-
-    def __init__(self) -> None:
-        super().__init__("Redis is failing: a command ahead of this one failed; not sent")
-
-
-class _Slots:
-    """At most ``size`` threads at a time hold a slot; waiters are served in arrival order
-    (but for a thread arriving in the instant a slot is handed over).
-
-    ``threading.Semaphore`` lets a thread that just released take the slot again ahead of
-    the ones waiting: a thread pool larger than the pool of connections then starves some
-    requests until ``pool_timeout``, on a perfectly healthy server. Here ``release`` hands
-    the slot straight to the longest waiter.
-
-    Free slots are tokens in a deque, whose ``pop`` and ``append`` are atomic: while nobody
-    waits, taking and giving back a slot costs no lock. Waiting goes through the lock. The
-    first waiter looks for a token once queued, and ``release`` looks for a waiter after
-    putting its token back: whichever comes second sees the other, so a slot is never left
-    free while a thread waits for it. (This leans on the GIL's ordering of those steps.)
-    """
-
-    def __init__(self, size: int) -> None:
-        self._tokens: deque[None] = deque([None] * size)
-        self._lock = threading.Lock()
-        self._waiters: deque[threading.Lock] = deque()
-
-    @property
-    def free(self) -> int:
-        """Slots nobody holds."""
-        return len(self._tokens)
-
-    def acquire(self, timeout: float) -> bool | None:
-        """Take a slot: ``True`` at once, ``None`` after waiting, ``False`` not in ``timeout``."""
-        if not self._waiters:  # nobody is ahead of this thread
-            try:
-                self._tokens.pop()
-                return True
-            except IndexError:
-                pass
-        with self._lock:
-            waiter = threading.Lock()
-            waiter.acquire()
-            self._waiters.append(waiter)
-            # A slot given back just before this thread queued found nobody to hand it to.
-            if self._waiters[0] is waiter and self._tokens:
-                try:
-                    self._tokens.pop()
-                except IndexError:
-                    pass
-                else:
-                    self._waiters.popleft()
-                    return True
-        if waiter.acquire(timeout=timeout):
-            return None  # handed over by release()
-        with self._lock:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-                return False
-        return None  # handed over between the timeout and this thread's taking the lock
-
-    def release(self) -> None:
-        self._tokens.append(None)
-        if self._waiters:
-            with self._lock:
-                if self._waiters:
-                    try:
-                        self._tokens.pop()
-                    except IndexError:  # taken meanwhile, by a thread that had queued
-                        return
-                    self._waiters.popleft().release()
-
-
-def _storage_error(config: RedisConfig, exc: BaseException) -> StorageError:
-    error = StorageError(f"Redis storage {config.safe_uri} failed: {describe_error(exc)}")
+def _storage_error(
+    config: RedisConfig, exc: BaseException, hits: Sequence[Hit] = ()
+) -> StorageError:
+    """The ``StorageError`` for a backend's error: a ``StorageCallError`` when the server
+    answered but this call was at fault (its message then says what was sent)."""
+    error: StorageError
+    if isinstance(exc, UnfitReply):
+        error = StorageCallError(
+            f"Redis storage {config.safe_uri} answered with a reply that does not fit the "
+            f"call ({exc}); sent {describe_hits(hits)}"
+        )
+    elif call_fault(exc):
+        error = StorageCallError(
+            f"Redis storage {config.safe_uri} refused the call: {describe_error(exc)}; "
+            f"sent {describe_hits(hits)}"
+        )
+    else:
+        error = StorageError(f"Redis storage {config.safe_uri} failed: {describe_error(exc)}")
     error.__cause__ = exc
     return error
+
+
+def _not_sent(exc: redis.ConnectionError) -> bool:
+    """Whether a redis-py command failed before it could run: safe to send again.
+
+    Either no connection could be made, or a Sentinel-managed connection met a demoted
+    master (``READONLY``: the script was refused before it wrote anything).
+    """
+    text = str(exc)
+    return "connecting to" in text or "previous master is now a slave" in text
+
+
+def _check_hit(prefix: str) -> list[Hit]:
+    """What ``check()`` peeks at: a key nobody counts (a peek writes nothing)."""
+    return [Hit(f"{prefix}:{{ratemw-check}}:ping", 1, 1000, 1, "fixed-window")]
 
 
 def _match(prefix: str) -> str:
@@ -285,14 +180,14 @@ class RedisStorage:
         self.key_prefix = key_prefix
         self.cluster = self.config.kind == "cluster"
         self.blocked = BlockedCache(self.config.options["blocked_cache_size"])
-        # A lost Sentinel connection is retried here (see _connection_options).
-        self._attempts = 2 if self.config.kind == "sentinel" else 1
-        self._slots = _Slots(self.config.options["max_connections"])
+        self._slots = Slots(self.config.options["max_connections"])
         self._pool_timeout: float = self.config.options["pool_timeout"]
-        self._failures = 0  # commands lost to timeouts and broken connections (see _FailedAhead)
+        self._failures = 0  # commands lost to timeouts and broken connections (see FailedAhead)
         self._pipe = _sync_pipe_for(self.config)  # the fast lane for scripts, single servers
+        self._tokens = new_tokens()  # call tokens of the scripts sent through redis-py
         self._client: Any = None
         self._closers: list[Any] = []
+        self._cluster_scripts: ClusterScripts | None = None
         self._lock = threading.Lock()
 
     @property
@@ -302,6 +197,10 @@ class RedisStorage:
             with self._lock:
                 if self._client is None:
                     self._client, self._closers = build_client(self.config, asynchronous=False)
+                    if self.cluster:
+                        self._cluster_scripts = ClusterScripts(
+                            self._client, self._sha, self._script_text
+                        )
         return self._client
 
     def _script(self, keys: list[str], args: list[Any], command: bytes | None = None) -> Any:
@@ -311,25 +210,46 @@ class RedisStorage:
             raise redis.ConnectionError("no free Redis connection (pool_timeout)")
         if taken is None and self._failures != failures:  # it waited behind failing calls
             self._slots.release()
-            raise _FailedAhead()
+            raise FailedAhead()
         try:
             if self._pipe is not None:  # a single server: the fast lane
                 return self._pipe.script(self._sha, self._script_text, keys, args, command)
-            client = self.client
-            for attempt in range(self._attempts):
-                try:
-                    try:
-                        return client.evalsha(self._sha, len(keys), *keys, *args)
-                    except NoScriptError:  # after a restart or SCRIPT FLUSH: EVAL loads it
-                        return client.eval(self._script_text, len(keys), *keys, *args)
-                except redis.ConnectionError:
-                    if attempt + 1 == self._attempts:
-                        raise
-        except _UNHEALTHY:
+            return self._through_redis_py(keys, args)
+        except UNHEALTHY:
             self._failures += 1
             raise
         finally:
             self._slots.release()
+
+    def _through_redis_py(self, keys: list[str], args: list[Any]) -> Any:
+        client = self.client
+        token = next(self._tokens)
+        sent = [*args, token]
+        if self._cluster_scripts is not None:
+            reply = self._cluster_scripts.call(keys, sent)
+        else:  # Sentinel
+            reply = self._sentinel_script(client, keys, sent)
+        if not answers(reply, token):  # out of step: no connection of this client is trusted
+            if self._cluster_scripts is not None:
+                self._cluster_scripts.disconnect()
+            else:
+                client.connection_pool.disconnect()
+            raise redis.ConnectionError(_OUT_OF_STEP)
+        return reply
+
+    def _sentinel_script(self, client: Any, keys: list[str], args: list[Any]) -> Any:
+        # Sent again only when it cannot have run: on a demoted master, the connection asks
+        # the Sentinels again for the new one.
+        for attempt in (1, 2):
+            try:
+                try:
+                    return client.evalsha(self._sha, len(keys), *keys, *args)
+                except NoScriptError:  # after a restart or SCRIPT FLUSH: EVAL loads it
+                    return client.eval(self._script_text, len(keys), *keys, *args)
+            except redis.ConnectionError as exc:
+                if attempt == 2 or not _not_sent(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _run(self, hits: Sequence[Hit], mode: str) -> list[Usage]:
         groups = slot_groups(hits) if self.cluster else []
@@ -356,8 +276,8 @@ class RedisStorage:
                 usages = parse_reply(self._script(*acquire_call(hits, self._sha)), len(hits))
             else:
                 usages = self._run(hits, "acquire")
-        except _ERRORS as exc:
-            raise _storage_error(self.config, exc) from exc
+        except _FAILURES as exc:
+            raise _storage_error(self.config, exc, hits) from exc
         if any_refused(hits, usages):
             blocked.remember(BlockedCache.signature(hits), hits, usages)
         return usages
@@ -366,8 +286,24 @@ class RedisStorage:
         """Report the hits' usage without consuming anything."""
         try:
             return self._run(hits, "peek")
-        except _ERRORS as exc:
-            raise _storage_error(self.config, exc) from exc
+        except _FAILURES as exc:
+            raise _storage_error(self.config, exc, hits) from exc
+
+    def check(self) -> None:
+        """Connect and run the script once, counting nothing (a start-up check).
+
+        It peeks at a key nobody counts, so it loads the script too if the server lacks it.
+        Raises ``StorageError`` naming the URI (never the password) and the reason when the
+        storage cannot answer::
+
+            RedisStorage("redis://:secret@redis:6379/0").check()
+            # StorageError: Redis storage redis://redis:6379/0 failed: ConnectionError: ...
+        """
+        hits = _check_hit(self.key_prefix)
+        try:
+            self._run(hits, "peek")
+        except _FAILURES as exc:
+            raise _storage_error(self.config, exc, hits) from exc
 
     def refund(self, hits: Sequence[Hit], stamp_ms: int) -> None:
         """Give back what ``acquire`` took at ``stamp_ms`` (a response that does not count)."""
@@ -384,15 +320,15 @@ class RedisStorage:
         try:
             for keys, args in refund_calls(hits, stamp_ms, mode):
                 self._script(keys, args)
-        except _ERRORS as exc:
-            raise _storage_error(self.config, exc) from exc
+        except _FAILURES as exc:
+            raise _storage_error(self.config, exc, hits) from exc
 
     def clear(self, key: str) -> None:
         """Forget one storage key (and every refusal remembered locally)."""
         self.blocked.clear()
         try:
             self.client.delete(key)
-        except _ERRORS as exc:
+        except _ADMIN_FAILURES as exc:
             raise _storage_error(self.config, exc) from exc
 
     def reset(self) -> None:
@@ -407,13 +343,15 @@ class RedisStorage:
                     batch = []
             if batch:
                 self.client.delete(*batch)
-        except _ERRORS as exc:
+        except _ADMIN_FAILURES as exc:
             raise _storage_error(self.config, exc) from exc
 
     def close(self) -> None:
         """Close every connection (the Sentinel ones included)."""
         if self._pipe is not None:
             self._pipe.close()
+        if self._cluster_scripts is not None:
+            self._cluster_scripts.close()
         client, closers = self._client, self._closers
         self._client, self._closers = None, []
         for each in (client, *closers):
@@ -454,12 +392,14 @@ class AsyncRedisStorage:
         self.key_prefix = key_prefix
         self.cluster = self.config.kind == "cluster"
         self.blocked = BlockedCache(self.config.options["blocked_cache_size"])
-        # A lost Sentinel connection is retried here (see _connection_options).
-        self._attempts = 2 if self.config.kind == "sentinel" else 1
         self._slots = asyncio.Semaphore(self.config.options["max_connections"])
-        self._failures = 0  # commands lost to timeouts and broken connections (see _FailedAhead)
+        self._failures = 0  # commands lost to timeouts and broken connections (see FailedAhead)
         self.client, self._closers = build_client(self.config, asynchronous=True)
+        self._cluster_scripts = (
+            AsyncClusterScripts(self.client, self._sha, self._script_text) if self.cluster else None
+        )
         self._pipe = _pipe_for(self.config)  # the fast lane for scripts, single servers only
+        self._tokens = new_tokens()  # call tokens of the scripts sent through redis-py
         self._ready = not self.cluster
         self._init_lock: asyncio.Lock | None = None
         self._init_attempts = 0
@@ -500,24 +440,46 @@ class AsyncRedisStorage:
                 raise redis.ConnectionError("no free Redis connection (pool_timeout)") from None
             if self._failures != failures:
                 slots.release()
-                raise _FailedAhead()
+                raise FailedAhead()
         else:
             await slots.acquire()
         try:
-            for attempt in range(self._attempts):
-                try:
-                    try:
-                        return await self.client.evalsha(self._sha, len(keys), *keys, *args)
-                    except NoScriptError:  # after a restart or SCRIPT FLUSH: EVAL loads it
-                        return await self.client.eval(self._script_text, len(keys), *keys, *args)
-                except redis.ConnectionError:
-                    if attempt + 1 == self._attempts:
-                        raise
-        except _UNHEALTHY:
+            return await self._through_redis_py(keys, args)
+        except UNHEALTHY:
             self._failures += 1
             raise
         finally:
             slots.release()
+
+    async def _through_redis_py(self, keys: list[str], args: list[Any]) -> Any:
+        token = next(self._tokens)
+        sent = [*args, token]
+        if self._cluster_scripts is not None:
+            reply = await self._cluster_scripts.call(keys, sent)
+        else:  # Sentinel
+            reply = await self._sentinel_script(keys, sent)
+        if not answers(reply, token):  # out of step: no connection of this client is trusted
+            if self._cluster_scripts is not None:
+                await self._cluster_scripts.disconnect()
+            else:
+                await self.client.connection_pool.disconnect()
+            raise redis.ConnectionError(_OUT_OF_STEP)
+        return reply
+
+    async def _sentinel_script(self, keys: list[str], args: list[Any]) -> Any:
+        # Sent again only when it cannot have run: on a demoted master, the connection asks
+        # the Sentinels again for the new one.
+        client = self.client
+        for attempt in (1, 2):
+            try:
+                try:
+                    return await client.evalsha(self._sha, len(keys), *keys, *args)
+                except NoScriptError:  # after a restart or SCRIPT FLUSH: EVAL loads it
+                    return await client.eval(self._script_text, len(keys), *keys, *args)
+            except redis.ConnectionError as exc:
+                if attempt == 2 or not _not_sent(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _run(self, hits: Sequence[Hit], mode: str) -> list[Usage]:
         if self._pipe is not None:  # a single server: the fast lane, straight to the wire
@@ -552,8 +514,8 @@ class AsyncRedisStorage:
                 usages = parse_reply(reply, len(hits))
             else:
                 usages = await self._run(hits, "acquire")
-        except _ERRORS as exc:
-            raise _storage_error(self.config, exc) from exc
+        except _FAILURES as exc:
+            raise _storage_error(self.config, exc, hits) from exc
         if any_refused(hits, usages):
             blocked.remember(BlockedCache.signature(hits), hits, usages)
         return usages
@@ -562,8 +524,21 @@ class AsyncRedisStorage:
         """Report the hits' usage without consuming anything."""
         try:
             return await self._run(hits, "peek")
-        except _ERRORS as exc:
-            raise _storage_error(self.config, exc) from exc
+        except _FAILURES as exc:
+            raise _storage_error(self.config, exc, hits) from exc
+
+    async def check(self) -> None:
+        """Connect and run the script once, counting nothing (a start-up check).
+
+        It peeks at a key nobody counts, so it loads the script too if the server lacks it.
+        Raises ``StorageError`` naming the URI (never the password) and the reason when the
+        storage cannot answer.
+        """
+        hits = _check_hit(self.key_prefix)
+        try:
+            await self._run(hits, "peek")
+        except _FAILURES as exc:
+            raise _storage_error(self.config, exc, hits) from exc
 
     async def refund(self, hits: Sequence[Hit], stamp_ms: int) -> None:
         """Give back what ``acquire`` took at ``stamp_ms`` (a response that does not count)."""
@@ -581,8 +556,8 @@ class AsyncRedisStorage:
             await self._ensure_ready()
             for keys, args in refund_calls(hits, stamp_ms, mode):
                 await self._script(keys, args)
-        except _ERRORS as exc:
-            raise _storage_error(self.config, exc) from exc
+        except _FAILURES as exc:
+            raise _storage_error(self.config, exc, hits) from exc
 
     async def clear(self, key: str) -> None:
         """Forget one storage key (and every refusal remembered locally)."""
@@ -590,7 +565,7 @@ class AsyncRedisStorage:
         try:
             await self._ensure_ready()
             await self.client.delete(key)
-        except _ERRORS as exc:
+        except _ADMIN_FAILURES as exc:
             raise _storage_error(self.config, exc) from exc
 
     async def reset(self) -> None:
@@ -606,13 +581,15 @@ class AsyncRedisStorage:
                     batch = []
             if batch:
                 await self.client.delete(*batch)
-        except _ERRORS as exc:
+        except _ADMIN_FAILURES as exc:
             raise _storage_error(self.config, exc) from exc
 
     async def aclose(self) -> None:
         """Close every connection (the Sentinel ones included)."""
         if self._pipe is not None:
             await self._pipe.aclose()
+        if self._cluster_scripts is not None:
+            await self._cluster_scripts.aclose()
         for each in (self.client, *self._closers):
             await each.aclose()
         self._closers = []

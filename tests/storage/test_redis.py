@@ -26,7 +26,8 @@ from ratemw.policy.limits import parse_quotas
 from ratemw.storage import Hit, Usage
 from ratemw.storage._base import Batch
 from ratemw.storage._resp import evalsha_command
-from ratemw.storage.redis import SCRIPT_SHA, AsyncRedisStorage, RedisStorage, _Slots
+from ratemw.storage._slots import Slots as _Slots
+from ratemw.storage.redis import SCRIPT_SHA, AsyncRedisStorage, RedisStorage
 from tests.redis_servers import RedisCluster, RedisSentinel, RedisServer
 from tests.storage.test_storage_contract import TEST_OPTIONS, key
 

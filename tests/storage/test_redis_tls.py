@@ -31,8 +31,8 @@ from tests.storage.test_storage_contract import TEST_OPTIONS, Face, key
 
 WINDOW_MS = 60_000
 SERVERS = {"tls": "redis_tls_server", "mutual": "redis_tls_server_mutual"}
-# A refused handshake costs a local round trip or two (the storage retries a lost connection
-# once); a hang would last until the 5 s timeouts of TEST_OPTIONS.
+# A refused handshake costs a local round trip or two; a hang would last until the 5 s
+# timeouts of TEST_OPTIONS.
 PROMPTLY = 1.0
 
 CA = {"ssl_ca_certs": "{ca}"}
@@ -152,6 +152,24 @@ def test_admits_then_refuses_over_tls(
         assert admin.exists(*(hit.key for hit in hits)) == 3  # counted on the TLS server
     finally:
         admin.close()
+
+
+def test_one_tls_connection_serves_call_after_call(
+    request: pytest.FixtureRequest, asynchronous: bool, pem: dict[str, str]
+) -> None:
+    # An idle connection is looked at before it is reused (one the server closed is
+    # replaced): what TLS sends besides replies (session tickets) must not count as that.
+    tls, face = open_storage(request, asynchronous, ("tls", "127.0.0.1", CA, {}), pem)
+    quota = [Hit(key(), 100, WINDOW_MS, 1, "fixed-window")]
+    try:
+        face.acquire(quota)
+        before = int(tls.info("stats")["total_connections_received"])
+        answers = [face.acquire(quota)[0].remaining for _ in range(30)]
+        after = int(tls.info("stats")["total_connections_received"])
+    finally:
+        face.close()
+    assert answers == list(range(98, 68, -1))
+    assert after - before <= 1  # the helper's INFO connection, at most: no reconnects
 
 
 @pytest.mark.parametrize(("server", "host", "query", "options", "cause"), REFUSED)

@@ -286,7 +286,7 @@ def test_sync_and_async_twins_have_the_same_public_methods(sync: type, asynchron
     assert _public_methods(sync) - {"close"} <= _public_methods(asynchronous)
     redis_twins = {n for n in _public_methods(asynchronous) if n != "close"}
     assert redis_twins <= _public_methods(sync)
-    for name in ("acquire", "peek", "refund", "release", "clear", "reset"):
+    for name in ("acquire", "peek", "refund", "release", "check", "clear", "reset"):
         assert inspect.iscoroutinefunction(getattr(asynchronous, name)), name
         assert not inspect.iscoroutinefunction(getattr(sync, name)), name
     assert inspect.iscoroutinefunction(asynchronous.aclose)

@@ -1,0 +1,94 @@
+"""Bounded waits for a connection: at most ``max_connections`` calls in flight, served in
+arrival order, and none sent behind calls that failed meanwhile (see ``FailedAhead``)."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import redis
+
+# A timeout or a broken connection: the server (or the way to it) is failing.
+UNHEALTHY = (redis.ConnectionError, redis.TimeoutError)
+
+
+class FailedAhead(redis.ConnectionError):
+    """A command that waited for a free connection is not sent: one ahead of it failed.
+
+    When the server hangs, every connection is soon busy waiting out its socket timeout and
+    further requests queue for one. Sending them on as connections free up would make each
+    wait for a connection *and then* for its own timeout, several timeouts in a row; they
+    fail as soon as a command ahead of them does instead, so no request waits on an
+    unhealthy server for longer than one socket timeout (and the limiter's circuit breaker
+    spares the next ones the wait altogether).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("Redis is failing: a command ahead of this one failed; not sent")
+
+
+class Slots:
+    """At most ``size`` threads at a time hold a slot; waiters are served in arrival order
+    (but for a thread arriving in the instant a slot is handed over).
+
+    ``threading.Semaphore`` lets a thread that just released take the slot again ahead of
+    the ones waiting: a thread pool larger than the pool of connections then starves some
+    requests until ``pool_timeout``, on a perfectly healthy server. Here ``release`` hands
+    the slot straight to the longest waiter.
+
+    Free slots are tokens in a deque, whose ``pop`` and ``append`` are atomic: while nobody
+    waits, taking and giving back a slot costs no lock. Waiting goes through the lock. The
+    first waiter looks for a token once queued, and ``release`` looks for a waiter after
+    putting its token back: whichever comes second sees the other, so a slot is never left
+    free while a thread waits for it. (This leans on the GIL's ordering of those steps.)
+    """
+
+    def __init__(self, size: int) -> None:
+        self._tokens: deque[None] = deque([None] * size)
+        self._lock = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+
+    @property
+    def free(self) -> int:
+        """Slots nobody holds."""
+        return len(self._tokens)
+
+    def acquire(self, timeout: float) -> bool | None:
+        """Take a slot: ``True`` at once, ``None`` after waiting, ``False`` not in ``timeout``."""
+        if not self._waiters:  # nobody is ahead of this thread
+            try:
+                self._tokens.pop()
+                return True
+            except IndexError:
+                pass
+        with self._lock:
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiters.append(waiter)
+            # A slot given back just before this thread queued found nobody to hand it to.
+            if self._waiters[0] is waiter and self._tokens:
+                try:
+                    self._tokens.pop()
+                except IndexError:
+                    pass
+                else:
+                    self._waiters.popleft()
+                    return True
+        if waiter.acquire(timeout=timeout):
+            return None  # handed over by release()
+        with self._lock:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                return False
+        return None  # handed over between the timeout and this thread's taking the lock
+
+    def release(self) -> None:
+        self._tokens.append(None)
+        if self._waiters:
+            with self._lock:
+                if self._waiters:
+                    try:
+                        self._tokens.pop()
+                    except IndexError:  # taken meanwhile, by a thread that had queued
+                        return
+                    self._waiters.popleft().release()

@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 from ratemw import keys
-from ratemw.policy.decision import Decision, PolicyState
+from ratemw.asgi import RateLimitMiddleware
 from ratemw.errors import (
     ConfigurationError,
     RateLimitExceeded,
@@ -23,8 +23,8 @@ from ratemw.errors import (
     StorageError,
 )
 from ratemw.limiter import Limiter
+from ratemw.policy.decision import Decision, PolicyState
 from ratemw.policy.rules import Rule
-from ratemw.asgi import RateLimitMiddleware
 from ratemw.wsgi import WSGIRateLimitMiddleware
 
 __version__ = "0.1.0.dev0"

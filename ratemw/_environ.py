@@ -82,10 +82,15 @@ class _Scope(dict[str, Any]):
 
     The default key (the client address) reads none of them, so most requests never pay for
     them. Reads through ``[]``, ``get`` and ``in`` see them; a copy made before the first
-    read does not.
+    read does not. It is its own ``scope``: the built-in key functions, which read only
+    ``request.scope``, take it as the request.
     """
 
     __slots__ = ()
+
+    @property
+    def scope(self) -> _Scope:
+        return self
 
     def __missing__(self, key: str) -> Any:
         build = _LAZY.get(key)

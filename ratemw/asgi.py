@@ -90,7 +90,8 @@ class RateLimitMiddleware:
         # Everything stock routing reads: the type, method, host, root path and path. Routes
         # that read more are planned afresh on every request (see routes.starlette).
         cache_key = (scope["type"], method, _host(scope), scope.get("root_path", ""), path)
-        plan = self._planner.get(engine, cache_key)
+        planner = self._planner
+        plan = planner.plans.get(cache_key) if planner.engine is engine else None
         if plan is None:
             plan = self._planner.plan(
                 engine, cache_key, route_path(scope), method, self._route, scope

@@ -19,8 +19,14 @@ from ratemw.engine.failures import FailureLog
 from ratemw.engine.hits import KeyHasher
 from ratemw.engine.settings import build_settings, check_groups, check_rules
 from ratemw.errors import ConfigurationError
-from ratemw.policy.groups import CostValue, LimitGroup, LimitValue, by_request, check_callable
-from ratemw.policy.groups import groups_from
+from ratemw.policy.groups import (
+    CostValue,
+    LimitGroup,
+    LimitValue,
+    by_request,
+    check_callable,
+    groups_from,
+)
 from ratemw.policy.rules import Rule
 from ratemw.storage import StorageBackends
 from ratemw.storage._base import STRATEGIES
@@ -29,6 +35,7 @@ __all__ = ["Limiter", "Metrics"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_SETTINGS = frozenset(Settings.__dataclass_fields__)
 #: Settings that shape the storage or its keys: fixed for a limiter's life.
 _FIXED = frozenset({"storage", "strategy", "key_prefix", "storage_options", "clock", "breaker"})
 
@@ -105,6 +112,13 @@ class Limiter:
     used at any time: a route decorated after it was first served is planned again.
     """
 
+    engine: Engine
+    _arguments: dict[str, Any]
+    _declarations: Declarations
+    _storages: Storages
+    _failures: FailureLog
+    _hasher: KeyHasher
+
     def __init__(
         self,
         *,
@@ -157,6 +171,10 @@ class Limiter:
 
     def _build(self, settings: Settings) -> Engine:
         return Engine(settings, self._declarations, self._storages, self._failures, self._hasher)
+
+    def _rebuild(self) -> None:
+        """A new engine of the same settings: what the declarations changed is planned anew."""
+        self.__dict__["engine"] = self._build(self.engine.settings)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(
@@ -214,17 +232,21 @@ class Limiter:
         """The checked settings its engine runs by."""
         return self.engine.settings
 
-    @property
-    def enabled(self) -> bool:
-        return self.engine.settings.enabled
-
-    @property
-    def strategy(self) -> str:
-        return self.engine.settings.strategy
+    def __getattr__(self, name: str) -> Any:
+        # Reading a setting (``limiter.strategy``, ``limiter.key``, ``limiter.rules``...)
+        # reads the engine's; only names not found on the Limiter itself come here.
+        if name in _SETTINGS:
+            return getattr(self.__dict__["engine"].settings, name)
+        raise AttributeError(f"'Limiter' object has no attribute {name!r}")
 
     @property
     def storage_uri(self) -> str:
         return str(self._arguments["storage"])
+
+    @property
+    def storage_uri_redacted(self) -> str:
+        """The storage URI with its passwords replaced by ``***`` (for messages and logs)."""
+        return self.engine.settings.storage_name
 
     @property
     def backends(self) -> StorageBackends:
@@ -251,7 +273,8 @@ class Limiter:
         check_groups(groups, settings.strategy, settings.fallback_quotas)
 
         def decorator(endpoint: F) -> F:
-            self._declarations.add(endpoint, groups)  # a route served before is planned again
+            self._declarations.add(endpoint, groups)
+            self._rebuild()  # a route served before is planned again
             return endpoint
 
         return decorator
@@ -379,6 +402,7 @@ class Limiter:
     def exempt(self, endpoint: F) -> F:
         """Exempt a route from every limit (defaults, application limits and rules included)."""
         self._declarations.exempt(endpoint)
+        self._rebuild()
         return endpoint
 
     def request_filter(self, fn: F) -> F:

@@ -1,4 +1,4 @@
-"""The ASGI middleware's old home: ``from ratemw.asgi import RateLimitMiddleware`` keeps
+"""The ASGI middleware's old home: ``from ratemw.middleware import RateLimitMiddleware`` keeps
 working. New code imports it from ``ratemw`` (or ``ratemw.asgi``)."""
 
 from __future__ import annotations

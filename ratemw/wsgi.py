@@ -17,7 +17,6 @@ from starlette.requests import Request
 from ratemw._environ import request_path, route_path, wsgi_scope
 from ratemw.engine import APPLIED, Engine, Outcome, Planner, ResponseInfo
 from ratemw.errors import ConfigurationError, RateLimitExceeded
-from ratemw.keys import ScopeHolder
 from ratemw.limiter import Limiter
 from ratemw.policy.groups import is_async_callable
 from ratemw.policy.problems import exceeded_response, unavailable_response
@@ -190,8 +189,9 @@ class WSGIRateLimitMiddleware:
             else:
                 environ[APPLIED] = applied
 
-    def _limit(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        limiter = self.limiter
+    def _limit(
+        self, engine: Engine, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET").upper()
         path = request_path(environ)
         # Routing may depend on the host (Flask subdomains, host matching), so it is part of
@@ -199,7 +199,8 @@ class WSGIRateLimitMiddleware:
         routes = self.routes
         host = None if routes is None else environ.get("HTTP_HOST", "")
         cache_key = (method, host, path)
-        plan = self._planner.get(engine, cache_key)
+        planner = self._planner
+        plan = planner.plans.get(cache_key) if planner.engine is engine else None
         if plan is None:
             # Rules match the path the app routes by, relative to SCRIPT_NAME.
             relative = route_path(environ)
@@ -210,7 +211,8 @@ class WSGIRateLimitMiddleware:
         if not plan.entries:
             return self.app(environ, start_response)
         scope = wsgi_scope(environ, method, path)
-        request: Any = Request(scope) if plan.needs_request else ScopeHolder(scope)
+        # Nothing reading past the scope: the scope serves as the request (see wsgi_scope).
+        request: Any = Request(scope) if plan.needs_request else scope
         outcome = engine.decide(plan, request, method, path)
         if outcome.exceeded is not None or outcome.unavailable:
             return self._refuse(environ, start_response, request, outcome, path)
@@ -255,7 +257,7 @@ class WSGIRateLimitMiddleware:
     ) -> Iterable[bytes]:
         exc = outcome.exceeded
         if exc is not None and self.handler is not None:
-            if isinstance(request, ScopeHolder):
+            if not isinstance(request, Request):
                 request = Request(request.scope)
             # A framework's handler may need its context (Flask's jsonify needs the app's).
             context = getattr(self.routes, "request_context", None)

@@ -232,19 +232,17 @@ def scope_app(limiter: Limiter) -> list[Route]:
 
 
 def rule_app(limiter: Limiter) -> list[Route]:
-    limiter.rules = (Rule("/se*", "3/minute;100/hour"),)
+    limiter.reconfigure(rules=[Rule("/se*", "3/minute;100/hour")])
     return [Route("/search", ok)]
 
 
 def default_app(limiter: Limiter) -> list[Route]:
-    limiter.default_groups = Limiter(default_limits="3/minute;100/hour").default_groups
+    limiter.reconfigure(default_limits="3/minute;100/hour")
     return [Route("/search", ok)]
 
 
 def app_app(limiter: Limiter) -> list[Route]:
-    limiter.application_groups = Limiter(
-        application_limits="3/minute;100/hour"
-    ).application_groups
+    limiter.reconfigure(application_limits="3/minute;100/hour")
     return [Route("/search", ok)]
 
 

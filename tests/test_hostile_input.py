@@ -534,7 +534,7 @@ def test_huge_identities_are_not_kept_in_memory() -> None:
         value = huge(b"%d-" % i, 100_000)
         sent = Sent("api-key", "", (CALLER_V4, 1), [(b"x-api-key", value)], "")
         assert wsgi_call(app, sent) in (200, 429)
-    hasher = app.limiter.hash_key
+    hasher = app.limiter.engine.context.hasher
     assert max(len(identity) for identity in hasher.cache) <= MAX_KEY_LENGTH
 
 

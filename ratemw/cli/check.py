@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ratemw.cli.project import load_config
-from ratemw.policy.groups import LimitGroup
 from ratemw.config import Config
+from ratemw.policy.groups import LimitGroup
 
 __all__ = ["run_check"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from ratemw.errors import RatemwError
 from ratemw.client._policies import Policy
+from ratemw.errors import RatemwError
 
 __all__ = ["RateLimited", "refusal"]
 

@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ratemw.errors import ConfigurationError
 from ratemw.client._exceptions import RateLimited, refusal
 from ratemw.client._fields import Fields, HeadersLike, fields, retry_after
 from ratemw.client._policies import HEADERS, Policy, policies_from
+from ratemw.errors import ConfigurationError
 
 __all__ = [
     "BODY_LIMIT",

@@ -14,8 +14,8 @@ from ratemw.config.values import (
     limit_strings,
 )
 from ratemw.errors import ConfigurationError
-from ratemw.policy.groups import FAILURE_MODES, normalize_methods
 from ratemw.limiter import Limiter
+from ratemw.policy.groups import FAILURE_MODES, normalize_methods
 from ratemw.policy.rules import Rule
 
 __all__ = ["build_rules"]

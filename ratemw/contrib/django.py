@@ -42,7 +42,7 @@ from ratemw.policy.problems import exceeded_response, unavailable_response
 from ratemw.routes.django import DjangoRoutes, resolve_view
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
+    pass
 
 __all__ = ["DjangoRoutes", "RateLimitMiddleware", "get_limiter", "user_or_ip"]
 
@@ -76,9 +76,10 @@ def _prepare(request: Any, is_async: bool) -> _Pending | None:
     urlconf = getattr(request, "urlconf", None)  # set by middleware such as django-hosts
     path_info: str = request.path_info  # rules match it: relative to SCRIPT_NAME
     cache_key = (method, path, urlconf)
-    plan = config.planner.get(engine, cache_key) or config.planner.plan(
-        engine, cache_key, path_info, method, resolve_view, path_info, urlconf
-    )
+    planner = config.planner
+    plan = planner.plans.get(cache_key) if planner.engine is engine else None
+    if plan is None:
+        plan = planner.plan(engine, cache_key, path_info, method, resolve_view, path_info, urlconf)
     if not plan.entries:
         return None
     scope = wsgi_scope(request.META, method, path)

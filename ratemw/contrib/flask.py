@@ -18,17 +18,14 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+
+from flask import Flask
 
 from ratemw.errors import ConfigurationError
 from ratemw.limiter import Limiter
 from ratemw.policy.rules import Rule
 from ratemw.routes.flask import FlaskRoutes
 from ratemw.wsgi import WSGIExceededHandler, WSGIRateLimitMiddleware
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
-    from flask import Flask
 
 __all__ = ["FlaskRoutes", "RateMW", "init_app"]
 

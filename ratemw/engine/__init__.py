@@ -81,7 +81,8 @@ class Engine:
     Example (what an adapter does)::
 
         engine = limiter.engine
-        plan = planner.get(engine, cache_key) or planner.plan(engine, cache_key, ...)
+        plan = planner.plans.get(cache_key) if planner.engine is engine else None
+        plan = plan or planner.plan(engine, cache_key, path, method, resolve, scope)
         outcome = engine.decide(plan, request, method, path)
         if outcome.needs_settling:
             engine.settle(outcome, ResponseInfo(status))
@@ -120,15 +121,9 @@ class Engine:
     ) -> Plan:
         """The plan of a request on ``endpoint`` (its route ``template``) at ``path`` (as the
         app routes it: rules match it), for ``method``."""
-        generation = self.declarations.generation  # a declaration made meanwhile: stale
         groups = groups_for(self.settings, self.declarations, endpoint, path, method, extra_rules)
         return compile_plan(
-            self.settings,
-            template or NO_ROUTE,
-            groups,
-            method,
-            batch_id=self._batch_id,
-            generation=generation,
+            self.settings, template or NO_ROUTE, groups, method, batch_id=self._batch_id
         )
 
     def decide(self, plan: Plan, request: Any, method: str, path: str) -> Outcome:

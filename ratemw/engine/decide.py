@@ -5,7 +5,8 @@
 they need something they cannot do without I/O they yield it, and a driver
 (``engine.drivers``) answers: a ``StorageCall`` with the storage's answer (or the exception
 it raised), an awaitable a user's async callable returned with its result (awaited under
-ASGI, run to completion under WSGI). So one path serves both worlds, and every request,
+ASGI, run to completion under WSGI); a static plan's kept hits (a ``Batch``) with the
+storage's answer to acquiring them. So one path serves both worlds, and every request,
 whatever its plan, takes it:
 
 1. request filters, then per limit group: ``exempt_when``, the caller's identity, the quotas
@@ -39,7 +40,7 @@ from ratemw.engine.failures import (
     Role,
 )
 from ratemw.engine.hits import KeptHits, KeyHasher, policy_hits
-from ratemw.engine.plans import MAX_FALLBACKS, Entry, Plan, PlannedPolicy, planned_policies
+from ratemw.engine.plans import MAX_FALLBACKS, Entry, Plan, Used, planned_policies
 from ratemw.engine.reporting import (
     call_hook,
     exceeded_for,
@@ -79,9 +80,13 @@ FALLBACK_KEY = client_ip()
 
 @dataclass(slots=True)
 class StorageCall:
-    """The path asks its driver to run ``op`` (``acquire``, ``refund`` or ``release``)."""
+    """The path asks its driver to run ``op`` (``acquire``, ``refund`` or ``release``).
 
-    hits: list[Hit]
+    (A static plan's request asks to acquire its hits by yielding them as they are, a
+    ``Batch``: they hold no concurrency slot, so the driver has nothing to watch.)
+    """
+
+    hits: Sequence[Hit]
     op: str = "acquire"
     stamp: int = 0
     fallback: bool = False
@@ -98,7 +103,6 @@ class ResponseInfo:
 Refundable = tuple[Callable[[ResponseInfo], Any], list[Hit]]
 
 
-@dataclass(slots=True)
 class Outcome:
     """What the adapter must do.
 
@@ -107,33 +111,66 @@ class Outcome:
     - otherwise pass the request on, adding ``headers`` to the response; when
       ``needs_settling``, call ``settle`` once the response is over (free concurrency
       slots, refund what ``deduct_when`` says should not count).
+
+    ``Outcome(headers)`` is an admitted request with nothing to settle (the common case:
+    one attribute set, the rest default at the class level); ``admitted``, ``refused`` and
+    ``unavailable_storage`` build the others.
     """
 
-    headers: list[tuple[str, str]]
     decision: Decision | None = None
     exceeded: RateLimitExceeded | None = None
     unavailable: bool = False
-    release: list[Hit] = field(default_factory=list)
-    refundable: list[Refundable] = field(default_factory=list)
+    release: Sequence[Hit] = ()
+    refundable: Sequence[Refundable] = ()
     stamp: int = 0
     fallback: bool = False
+    needs_settling: bool = False
 
-    @property
-    def needs_settling(self) -> bool:
-        return bool(self.release or self.refundable)
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.headers = headers
+
+    @classmethod
+    def admitted(
+        cls,
+        headers: list[tuple[str, str]],
+        decision: Decision,
+        release: Sequence[Hit],
+        refundable: Sequence[Refundable],
+        stamp: int,
+        fallback: bool,
+    ) -> Outcome:
+        """An admitted request that may hold concurrency slots or be refunded."""
+        outcome = cls(headers)
+        outcome.decision = decision
+        outcome.release = release
+        outcome.refundable = refundable
+        outcome.stamp = stamp
+        outcome.fallback = fallback
+        outcome.needs_settling = bool(release or refundable)
+        return outcome
+
+    @classmethod
+    def refused(cls, decision: Decision, exceeded: RateLimitExceeded) -> Outcome:
+        """A request over a limit: the adapter answers 429."""
+        outcome = cls([])
+        outcome.decision = decision
+        outcome.exceeded = exceeded
+        return outcome
+
+    @classmethod
+    def unavailable_storage(cls) -> Outcome:
+        """Storage failed under ``failure_mode="deny"``: the adapter answers 503."""
+        outcome = cls([])
+        outcome.unavailable = True
+        return outcome
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"Outcome({shown})"
 
 
-PASS = Outcome(headers=[])
+PASS = Outcome([])
 Step = Generator[Any, Any, Outcome]
-
-
-@dataclass(frozen=True, slots=True)
-class Used:
-    """What one limit group came to for a request: its policies and the request's cost."""
-
-    entry: Entry
-    policies: tuple[PlannedPolicy, ...]
-    cost: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,68 +188,84 @@ class Context:
 
 
 def decide(context: Context, plan: Plan, request: Any, method: str, path: str) -> Step:
-    """Decide one request on ``plan``. A generator: see the module docstring."""
+    """Decide one request on ``plan``. A generator: see the module docstring.
+
+    Read top to bottom, it is the whole path: request filters; per limit group its
+    exemption, the caller's identity and (unless the plan is static) its quotas, cost and
+    hits; one storage call; the outcome.
+    """
     settings = context.settings
     started = time.perf_counter() if settings.metrics is not None else 0.0
     for request_filter in settings.request_filters:
         if (yield from ask(context, FILTER, request_filter, (request,), _bool)) is True:
             return PASS
-    hits, used, refundable = yield from collect(context, plan, request)
+    static = plan.static
+    identities: list[str] = []
+    hits: list[Hit] = []
+    used: list[Used] = []
+    refundable: list[Refundable] = []
+    for entry in plan.entries:
+        group = entry.group
+        exempt_when = group.exempt_when
+        # A failing exempt_when is not exempt.
+        if exempt_when is not None and (
+            (yield from ask(context, EXEMPT, exempt_when, (request,), _bool)) is True
+        ):
+            continue
+        key = entry.key
+        try:
+            identity = key(request)
+        except Exception as error:
+            identity = key_failed(context, key, request, error)
+        else:
+            if type(identity) is not str or not identity or identity.isspace():
+                identity = yield from identified(context, key, request, identity)
+        if static:  # every hit known but the caller's: kept per caller
+            identities.append(identity)
+            continue
+        group_used = yield from group_use(context, plan, entry, request, identity, used)
+        group_hits = policy_hits(
+            settings, context.hasher(identity), group_used.policies, group_used.cost,
+            entry.enforce,
+        )  # fmt: skip
+        hits.extend(group_hits)
+        used.append(group_used)
+        if group.deduct_when is not None:
+            refundable.append((group.deduct_when, group_hits))
+    if static:
+        hits, used = context.kept.get(plan, identities), plan.used  # type: ignore[assignment]
     if not hits:
         return PASS
-    result = yield StorageCall(hits)
+    # The storage acquires them all, or none. A static plan's hits (a kept Batch) are
+    # yielded as they are: they never take concurrency slots, which the driver must watch.
+    result = yield hits if static else StorageCall(hits)
+    if plan.quiet and type(result) is list:  # nearly every request: all fit, headers only
+        for usage in result:
+            if not usage.fits:
+                break
+        else:
+            return Outcome(quiet_headers(plan, settings, result))
     return (yield from conclude(
         context, plan, request, method, path, hits, used, refundable, result, started
     ))  # fmt: skip
 
 
-Collected = tuple[list[Hit], Sequence[Used], list[Refundable]]
-
-
-def collect(context: Context, plan: Plan, request: Any) -> Generator[Any, Any, Collected]:
-    """The request's hits, what each limit group came to, and what may be refunded."""
-    hits: list[Hit] = []
-    used: list[Used] = []
-    refundable: list[Refundable] = []
-    identities: list[str] = []
-    names: set[str] | None = None
-    for entry in plan.entries:
-        group = entry.group
-        if group.exempt_when is not None:
-            if (yield from ask(context, EXEMPT, group.exempt_when, (request,), _bool)) is True:
-                continue  # a failing exempt_when is not exempt
-        identity = yield from identify(context, entry.key, request)
-        if plan.static:  # every hit known but the caller's: kept per caller
-            identities.append(identity)
-            continue
-        policies = entry.policies
-        if policies is None:
-            names = set(plan.names) if names is None else names
-            quotas = yield from limit_quotas(context, group, request, identity)
-            policies = planned_policies(
-                context.settings.strategy, group, entry.bucket, quotas, names
-            )
-        cost = group.cost
-        if type(cost) is not int:
-            cost = yield from ask(context, COST, cost, (request,), valid_cost)
-            cost = 1 if cost is FAILED else cost  # a failing cost counts 1
-        digest = context.hasher(identity)
-        group_hits = policy_hits(context.settings, digest, policies, cost, entry.enforce)
-        hits.extend(group_hits)
-        used.append(Used(entry, policies, cost))
-        if group.deduct_when is not None:
-            refundable.append((group.deduct_when, group_hits))
-    if plan.static:
-        return context.kept.get(plan, identities), plan_used(plan), refundable
-    return hits, used, refundable
-
-
-def plan_used(plan: Plan) -> tuple[Used, ...]:
-    """A static plan's groups, as every request on it uses them."""
-    return tuple(
-        Used(entry, entry.policies or (), entry.group.cost)  # type: ignore[arg-type]
-        for entry in plan.entries
-    )
+def group_use(
+    context: Context, plan: Plan, entry: Entry, request: Any, identity: str, used: list[Used]
+) -> Generator[Any, Any, Used]:
+    """What a limit group of a plan that is not static comes to for this request: its
+    quotas (the plan's, or a limit callable's, named apart from the others') and cost."""
+    group = entry.group
+    policies = entry.policies
+    if policies is None:
+        names = set(plan.names).union(p.name for u in used for p in u.policies)
+        quotas = yield from limit_quotas(context, group, request, identity)
+        policies = planned_policies(context.settings.strategy, group, entry.bucket, quotas, names)
+    cost = group.cost
+    if type(cost) is not int:
+        cost = yield from ask(context, COST, cost, (request,), valid_cost)
+        cost = 1 if cost is FAILED else cost  # a failing cost counts 1
+    return Used(entry, policies, cost)
 
 
 def conclude(
@@ -239,7 +292,7 @@ def conclude(
             return failed
         result, fallback = failed, True
     usages: list[Usage] = result
-    if plan.quiet and all_fit(usages):
+    if plan.quiet and all(usage.fits for usage in usages):  # the fallback storage's answer
         return Outcome(quiet_headers(plan, settings, usages))
     decision = decision_of(
         [(p.name, p.quota, u.cost, u.entry.enforce) for u in used for p in u.policies], usages
@@ -256,14 +309,7 @@ def conclude(
     exceeded = exceeded_for(settings, decision, method, path, detail)
     log_refusal(exceeded, plan.template)
     yield from call_hook(context.failures, settings.on_breach, request, exceeded)
-    return Outcome(headers=[], decision=decision, exceeded=exceeded)
-
-
-def all_fit(usages: list[Usage]) -> bool:
-    for usage in usages:  # a plain loop: this runs on nearly every request
-        if not usage.fits:
-            return False
-    return True
+    return Outcome.refused(decision, exceeded)
 
 
 def quiet_headers(plan: Plan, settings: Settings, usages: list[Usage]) -> list[tuple[str, str]]:
@@ -271,10 +317,13 @@ def quiet_headers(plan: Plan, settings: Settings, usages: list[Usage]) -> list[t
     items ``rate_limit_headers`` writes from a decision)."""
     if not settings.header_modes:
         return []
-    state = ", ".join(
-        state_item(head, *admitted(usage))
-        for head, usage in zip(plan.heads, usages, strict=True)
-    )
+    heads = plan.heads
+    if len(heads) == 1:  # one policy, nearly always: no join
+        state = state_item(heads[0], *admitted(usages[0]))
+    else:
+        state = ", ".join(
+            state_item(head, *admitted(usage)) for head, usage in zip(heads, usages, strict=True)
+        )
     return [("RateLimit-Policy", plan.policy_field), ("RateLimit", state)]
 
 
@@ -291,9 +340,9 @@ def admitted_outcome(
     for mode in settings.header_modes:
         headers.extend(rate_limit_headers(decision, mode, now_s))
     taken = {id(h) for h, u in zip(hits, usages, strict=True) if u.fits}
-    return Outcome(
-        headers=headers,
-        decision=decision,
+    return Outcome.admitted(
+        headers,
+        decision,
         release=[h for h in hits if id(h) in taken and h.strategy == CONCURRENCY],
         refundable=[
             (when, [h for h in group if id(h) in taken and h.strategy != CONCURRENCY])
@@ -346,12 +395,13 @@ def ask(
     return checked
 
 
-def identify(context: Context, key: Any, request: Any) -> Generator[Any, Any, str]:
-    """Who the request counts as: the key function's answer, or its failure rule's."""
+def identified(
+    context: Context, key: Any, request: Any, identity: Any
+) -> Generator[Any, Any, str]:
+    """Who the request counts as, when its key function did not answer a plain string at
+    once: an awaitable's result, or another identity (``valid_identity``), or the key's
+    failure rule."""
     try:
-        identity = key(request)
-        if type(identity) is str and identity and not identity.isspace():
-            return identity  # nearly always
         if inspect.isawaitable(identity):
             identity = yield identity
     except Exception as error:
@@ -469,7 +519,7 @@ def storage_failed(
         error = wrapped
     yield from call_hook(context.failures, settings.on_storage_error, request, error)
     if mode == "deny":
-        return Outcome(headers=[], unavailable=True)
+        return Outcome.unavailable_storage()
     if mode == "fallback":
         result = yield StorageCall(hits, fallback=True)
         if not isinstance(result, BaseException):

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from ratemw.engine.breaker import CircuitBreaker
 from ratemw.engine.decide import Outcome, Step, StorageCall
 from ratemw.errors import StorageCallError
 from ratemw.storage import StorageBackends
-from ratemw.storage._base import CONCURRENCY, AsyncStorage, Hit, Storage
+from ratemw.storage._base import CONCURRENCY, AsyncStorage, Batch, Hit, Storage
 
 __all__ = ["Storages", "arun", "run"]
 
@@ -47,35 +47,49 @@ class Storages:
         return self._fallback is not None
 
 
-def _call_sync(storage: Storage, call: StorageCall) -> Any:
-    if call.op == "acquire":
-        return storage.acquire(call.hits)
-    if call.op == "refund":
-        return storage.refund(call.hits, call.stamp)
-    return storage.release(call.hits)
+def _call_sync(storage: Storage, hits: Sequence[Hit], op: str, stamp: int) -> Any:
+    if op == "acquire":
+        return storage.acquire(hits)
+    if op == "refund":
+        return storage.refund(hits, stamp)
+    return storage.release(hits)
 
 
-def _call_async(storage: AsyncStorage, call: StorageCall) -> Awaitable[Any]:
-    if call.op == "acquire":
-        return storage.acquire(call.hits)
-    if call.op == "refund":
-        return storage.refund(call.hits, call.stamp)
-    return storage.release(call.hits)
+def _call_async(
+    storage: AsyncStorage, hits: Sequence[Hit], op: str, stamp: int
+) -> Awaitable[Any]:
+    if op == "acquire":
+        return storage.acquire(hits)
+    if op == "refund":
+        return storage.refund(hits, stamp)
+    return storage.release(hits)
 
 
-def answer(storages: Storages, call: StorageCall) -> Any:
-    """What the sync storage answers ``call`` (or the exception it raised)."""
+
+
+def answer(
+    storages: Storages,
+    hits: Sequence[Hit],
+    op: str = "acquire",
+    stamp: int = 0,
+    fallback: bool = False,
+) -> Any:
+    """What the sync storage answers (or the exception it raised)."""
     try:
+        if fallback:
+            return _call_sync(storages.fallback.sync, hits, op, stamp)
         memory = storages.backends.memory
-        if call.fallback:
-            return _call_sync(storages.fallback.sync, call)
         if memory is not None:  # cannot fail or block: no breaker to ask
-            return _call_sync(memory, call)
+            return memory.acquire(hits) if op == "acquire" else _call_sync(memory, hits, op, stamp)
         breaker = storages.breaker
         if breaker.open_until:  # a closed breaker, nearly always: nothing to ask it
             breaker.before()
         try:
-            value = _call_sync(storages.backends.sync, call)
+            storage = storages.backends.sync
+            if op == "acquire":  # nearly always: one call less
+                value = storage.acquire(hits)
+            else:
+                value = _call_sync(storage, hits, op, stamp)
         except Exception as exc:
             if not isinstance(exc, StorageCallError):  # one call's defect is no outage
                 breaker.failure(exc)
@@ -87,19 +101,28 @@ def answer(storages: Storages, call: StorageCall) -> Any:
         return exc
 
 
-async def aanswer(storages: Storages, call: StorageCall) -> Any:
-    """What the async storage answers ``call`` (or the exception it raised)."""
+async def aanswer(
+    storages: Storages,
+    hits: Sequence[Hit],
+    op: str = "acquire",
+    stamp: int = 0,
+    fallback: bool = False,
+) -> Any:
+    """What the async storage answers (or the exception it raised).
+
+    (``arun`` asks the memory storage itself: it cannot fail or block.)
+    """
     try:
-        memory = storages.backends.memory
-        if call.fallback:
-            return await _call_async(storages.fallback.async_, call)
-        if memory is not None:  # cannot fail or block: no breaker to ask
-            return _call_sync(memory, call)
+        if fallback:
+            return await _call_async(storages.fallback.async_, hits, op, stamp)
         breaker = storages.breaker
         if breaker.open_until:  # a closed breaker, nearly always: nothing to ask it
             breaker.before()
         try:
-            value = await _call_async(storages.backends.async_, call)
+            storage = storages.backends.async_
+            value = await (
+                storage.acquire(hits) if op == "acquire" else _call_async(storage, hits, op, stamp)
+            )
         except Exception as exc:
             if not isinstance(exc, StorageCallError):  # one call's defect is no outage
                 breaker.failure(exc)
@@ -129,8 +152,11 @@ def run(storages: Storages, steps: Step) -> Outcome:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
         value = error = None
-        if type(step) is StorageCall:
+        kind = type(step)
+        if kind is Batch:  # a static plan's hits: acquire them
             value = answer(storages, step)
+        elif kind is StorageCall:
+            value = answer(storages, step.hits, step.op, step.stamp, step.fallback)
         else:
             try:
                 value = _blocking(step)
@@ -143,14 +169,13 @@ def run(storages: Storages, steps: Step) -> Outcome:
 _releasing: set[asyncio.Future[Any]] = set()
 
 
-async def _release_after_cancel(storages: Storages, held: StorageCall) -> None:
+async def _release_after_cancel(storages: Storages, held: list[Hit], fallback: bool) -> None:
     """Free concurrency slots an interrupted request may hold, whatever interrupts this too.
 
     The acquire may or may not have run: releasing a slot by its token is harmless either
     way. Shielded, so a second cancellation cannot leak the slot.
     """
-    release = StorageCall(held.hits, op="release", fallback=held.fallback)
-    task = asyncio.ensure_future(aanswer(storages, release))
+    task = asyncio.ensure_future(aanswer(storages, held, "release", 0, fallback))
     _releasing.add(task)
     task.add_done_callback(_releasing.discard)
     with contextlib.suppress(asyncio.CancelledError):  # the release goes on without us
@@ -166,7 +191,8 @@ async def arun(storages: Storages, steps: Step) -> Outcome:
     """
     value: Any = None
     error: BaseException | None = None
-    held: StorageCall | None = None
+    held: tuple[list[Hit], bool] | None = None  # slots that may be taken, and where
+    memory = storages.backends.memory  # answers at once: no coroutine to await
     try:
         while True:
             try:
@@ -174,13 +200,19 @@ async def arun(storages: Storages, steps: Step) -> Outcome:
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
             value = error = None
-            if type(step) is StorageCall:
-                if step.op == "acquire" and _takes_slots(step.hits):
-                    held = StorageCall(
-                        [h for h in step.hits if h.strategy == CONCURRENCY],
-                        fallback=step.fallback,
-                    )
-                value = await aanswer(storages, step)
+            kind = type(step)
+            if kind is Batch:  # a static plan's hits (no concurrency slot): acquire them
+                value = answer(storages, step) if memory is not None else (
+                    await aanswer(storages, step)
+                )
+            elif kind is StorageCall:
+                hits, op, stamp, fallback = step.hits, step.op, step.stamp, step.fallback
+                if op == "acquire" and _takes_slots(hits):
+                    held = [h for h in hits if h.strategy == CONCURRENCY], fallback
+                if memory is not None and not fallback:
+                    value = answer(storages, hits, op, stamp, fallback)
+                else:
+                    value = await aanswer(storages, hits, op, stamp, fallback)
             else:
                 try:
                     value = await step
@@ -189,12 +221,12 @@ async def arun(storages: Storages, steps: Step) -> Outcome:
     except BaseException:
         steps.close()
         if held is not None:
-            await _release_after_cancel(storages, held)
+            await _release_after_cancel(storages, *held)
         raise
 
 
-def _takes_slots(hits: list[Hit]) -> bool:
-    for hit in hits:
+def _takes_slots(hits: Sequence[Hit]) -> bool:
+    for hit in hits:  # noqa: SIM110 - a plain loop: a request's hits are few
         if hit.strategy == CONCURRENCY:
             return True
     return False

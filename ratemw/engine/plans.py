@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ratemw._bounded import Bounded
 from ratemw.engine.settings import Settings
@@ -51,23 +51,20 @@ class Declarations:
     """The limits declared on endpoints with a limiter's decorators.
 
     Kept by the id of what was decorated (which need not be hashable), each with the object
-    itself so that its id is never reused. ``generation`` counts the declarations made: a
-    plan compiled before the latest one is stale.
+    itself so that its id is never reused. The limiter builds a new engine after each
+    declaration, so plans made before it are forgotten.
     """
 
     def __init__(self) -> None:
         self._groups: dict[int, tuple[Any, tuple[LimitGroup, ...]]] = {}
         self._exempt: dict[int, Any] = {}
-        self.generation = 0
 
     def add(self, endpoint: Any, groups: tuple[LimitGroup, ...]) -> None:
         _, known = self._groups.get(id(endpoint), (endpoint, ()))
         self._groups[id(endpoint)] = (endpoint, known + groups)
-        self.generation += 1
 
     def exempt(self, endpoint: Any) -> None:
         self._exempt[id(endpoint)] = endpoint
-        self.generation += 1
 
     def groups_of(self, target: Any) -> tuple[LimitGroup, ...]:
         found = self._groups.get(id(target))
@@ -125,8 +122,9 @@ class Plan:
     policy_field: str = ""
     heads: tuple[str, ...] = ()
     needs_request: bool = True
+    #: A static plan's groups as every request uses them: (entry, policies, cost) each.
+    used: tuple[Any, ...] = field(default=(), compare=False)
     batch_id: int = field(default=0, compare=False)
-    generation: int = field(default=0, compare=False)
 
     @property
     def groups(self) -> tuple[LimitGroup, ...]:
@@ -253,6 +251,21 @@ def _reads_request(group: LimitGroup, key: Any) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Used:
+    """What one limit group came to for a request: its policies and the request's cost."""
+
+    entry: Entry
+    policies: tuple[PlannedPolicy, ...]
+    cost: int
+
+
+def make_used(entry: Entry) -> Used:
+    """A static entry as every request uses it."""
+    cost: int = entry.group.cost  # type: ignore[assignment]  # static: an int
+    return Used(entry, entry.policies or (), cost)
+
+
 def compile_plan(
     settings: Settings,
     template: str,
@@ -260,7 +273,6 @@ def compile_plan(
     method: str,
     *,
     batch_id: Callable[[tuple[Any, ...]], int],
-    generation: int = 0,
 ) -> Plan:
     """The plan of ``groups`` on a route (``template``) for ``method``.
 
@@ -299,8 +311,8 @@ def compile_plan(
         needs_request=bool(hooked or settings.request_filters) or any(
             _reads_request(entry.group, entry.key) for entry in entries
         ),
+        used=tuple(make_used(e) for e in entries) if static else (),
         batch_id=batch_id(signature) if static else 0,
-        generation=generation,
     )
 
 
@@ -315,52 +327,44 @@ def cacheable(cache_key: tuple[object, ...]) -> bool:
     )
 
 
-class _Planning:
+class _Planning(Protocol):
     """What a ``Planner`` asks of an engine (``ratemw.engine.Engine``)."""
-
-    declarations: Declarations
 
     def plan(
         self, endpoint: Any, template: str | None, path: str, method: str,
         extra_rules: tuple[Rule, ...] = (),
-    ) -> Plan:  # fmt: skip
-        raise NotImplementedError
+    ) -> Plan: ...  # fmt: skip
 
 
 Resolver = Callable[..., Any]  # (*args) -> (endpoint, template), or a routes.Resolution
 
 
 class Planner:
-    """One adapter's plans, kept by request line (what its routing depends on).
+    """One adapter's plans, kept by request line (what its routing depends on), for the
+    engine they were made by.
+
+    A new engine (the limiter was reconfigured, or a route declared on) makes new plans. The
+    adapters read ``plans`` themselves, on every request, without a call::
+
+        planner = self._planner
+        plan = planner.plans.get(cache_key) if planner.engine is engine else None
+        if plan is None:
+            plan = planner.plan(engine, cache_key, path, method, resolve, environ)
 
     A request line with a part over ``MAX_CACHED_PATH`` characters (a path, a ``Host``
-    header, a made-up method) is planned afresh each time rather than kept. Plans are
-    forgotten when the engine changes (``Limiter.reconfigure``) or a route is declared on.
-
-    Example::
-
-        planner = Planner(rules)
-        plan = planner.get(engine, cache_key) or planner.plan(
-            engine, cache_key, path, method, resolve, environ
-        )
+    header, a made-up method) is planned afresh each time rather than kept.
     """
 
     def __init__(self, rules: tuple[Rule, ...] = ()) -> None:
         self.rules = rules
+        self.engine: Any = None
         self.plans: Bounded[tuple[Any, ...], Plan] = Bounded(_PLAN_CACHE_SIZE)
-        self._engine: Any = None
-        self._generation = -1
 
-    def get(self, engine: _Planning, cache_key: tuple[Any, ...]) -> Plan | None:
-        """The plan kept under ``cache_key``, if it is still the engine's."""
-        if engine is not self._engine or engine.declarations.generation != self._generation:
-            self._forget(engine)
-        return self.plans.get(cache_key)
-
-    def _forget(self, engine: _Planning) -> None:
-        self.plans.clear()
-        self._engine = engine
-        self._generation = engine.declarations.generation
+    def _follow(self, engine: _Planning) -> None:
+        # A new table, not the old one cleared: a plan of the old engine stored meanwhile
+        # lands in the old table (see plan()).
+        self.plans = Bounded(_PLAN_CACHE_SIZE)
+        self.engine = engine
 
     def plan(
         self,
@@ -373,18 +377,16 @@ class Planner:
     ) -> Plan:
         """Plan a request line: ``resolve(*args)`` finds its route, ``path`` is matched
         against rules. Kept under ``cache_key`` unless the route says it cannot be."""
-        if engine is not self._engine:
-            self._forget(engine)
-        generation = engine.declarations.generation  # read first: see below
+        if engine is not self.engine:
+            self._follow(engine)
         found = resolve(*args)
         keep = getattr(found, "cacheable", True)
         if not isinstance(found, tuple):
             found = (found.endpoint, found.template)
         plan = engine.plan(found[0], found[1], path, method, self.rules)
         if keep and cacheable(cache_key):
-            self.plans.put(cache_key, plan)
-            # A declaration made while this plan was compiled leaves it stale: dropped here,
-            # or by the next get(), whichever comes second sees the new generation.
-            if engine.declarations.generation != generation:
-                self.plans.pop(cache_key, None)
+            plans = self.plans
+            plans.put(cache_key, plan)
+            if self.engine is not engine:  # the engine changed while planning: not kept
+                plans.pop(cache_key, None)
         return plan

@@ -145,11 +145,10 @@ def _fallback_quotas(
 
 
 def _check_numbers(arguments: dict[str, Any]) -> None:
-    if arguments["strategy"] not in STRATEGY_IMPLEMENTATIONS or arguments["strategy"] == CONCURRENCY:
+    strategy = arguments["strategy"]
+    if strategy not in STRATEGY_IMPLEMENTATIONS or strategy == CONCURRENCY:
         known = [s for s in STRATEGY_IMPLEMENTATIONS if s != CONCURRENCY]
-        raise ConfigurationError(
-            f"unknown strategy {arguments['strategy']!r}; expected one of {known}"
-        )
+        raise ConfigurationError(f"unknown strategy {strategy!r}; expected one of {known}")
     timeout = arguments["concurrency_timeout"]
     if isinstance(timeout, bool) or not (isinstance(timeout, int | float) and timeout > 0):
         raise ConfigurationError(

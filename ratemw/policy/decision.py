@@ -15,16 +15,16 @@ from ratemw.policy.limits import Quota
 from ratemw.storage._base import Usage
 
 
-
 def ceil_seconds(ms: int) -> int:
     """Milliseconds as whole seconds, rounded up (a wait told in seconds is never short)."""
     return -(-ms // 1000) if ms > 0 else 0
 
 
 def admitted(usage: Usage) -> tuple[int, int]:
-    """An admitted hit's numbers for the caller: units remaining, seconds to full restore."""
-    remaining = usage.remaining
-    return (remaining if remaining > 0 else 0), ceil_seconds(usage.reset_ms)
+    """An admitted hit's numbers for the caller: units remaining, seconds to full restore
+    (rounded up, as ``ceil_seconds``)."""
+    remaining, reset_ms = usage.remaining, usage.reset_ms
+    return (remaining if remaining > 0 else 0), (-(-reset_ms // 1000) if reset_ms > 0 else 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,15 +41,17 @@ class Batch(list[Hit]):
     """The hits of one caller on one route, built once and kept for its next requests.
 
     Hits never change once built, so a storage may keep what it derives from a batch (the
-    Redis storage keeps the script call it sends) in ``wire``: a repeat caller costs no
-    re-encoding. Any other sequence of hits works the same, only without the keeping.
+    Redis storage keeps the script call it sends) in ``wire``, and need check a batch's hits
+    only once (``checked``): a repeat caller costs no re-encoding and no re-checking. Any
+    other sequence of hits works the same, only without the keeping.
     """
 
-    __slots__ = ("wire",)
+    __slots__ = ("checked", "wire")
 
     def __init__(self, hits: Iterable[Hit] = ()) -> None:
         super().__init__(hits)
         self.wire: Any = None
+        self.checked = False
 
 
 @dataclass(slots=True)

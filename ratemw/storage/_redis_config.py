@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ratemw.errors import ConfigurationError
 from ratemw._redact import redact_uri
+from ratemw.errors import ConfigurationError
 
 SCHEMES = frozenset(
     f"{base}{suffix}"

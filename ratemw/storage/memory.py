@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ratemw.errors import StorageCallError
-from ratemw.storage._base import CONCURRENCY, Hit, Usage
+from ratemw.storage._base import CONCURRENCY, Batch, Hit, Usage
 from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
 
 DEFAULT_MAX_KEYS = 100_000
@@ -36,7 +36,13 @@ def _whole(value: Any, least: int) -> bool:
 
 
 def refuse_invalid(hits: Sequence[Hit]) -> None:
-    """Raise ``StorageCallError`` unless every hit can be counted."""
+    """Raise ``StorageCallError`` unless every hit can be counted (a kept batch, once)."""
+    if type(hits) is Batch:
+        if hits.checked:
+            return
+        refuse_invalid(list(hits))
+        hits.checked = True
+        return
     for hit in hits:
         if not (
             _whole(hit.cost, 1) and _whole(hit.amount, 1) and _whole(hit.window_ms, 1)

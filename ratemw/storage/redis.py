@@ -42,8 +42,8 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from ratemw.errors import StorageCallError, StorageError
 from ratemw._redact import describe_error
+from ratemw.errors import StorageCallError, StorageError
 from ratemw.storage._base import Hit, Usage
 from ratemw.storage._blocked import BlockedCache
 from ratemw.storage._clients import build_client

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ratemw.client import Policy, parse_rate_limit
 from ratemw.policy.decision import Decision, PolicyState
 from ratemw.policy.headers import HEADER_MODES, rate_limit_headers
 from ratemw.policy.problems import problem_body
-from ratemw.client import Policy, parse_rate_limit
 
 NOW = 1_800_000_000.0
 

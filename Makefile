@@ -26,6 +26,8 @@ test: lint pytest
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check ratemw tests examples benchmarks
+	$(BIN)/ruff format --check ratemw tests examples benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/mypy ratemw
 
 pytest: $(VENV)/.test-installed

@@ -10,23 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ratemw._bounded import Bounded
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
 __all__ = ["request_path", "route_path", "wsgi_scope"]
 
-_HEADER_NAMES: dict[str, bytes] = {}
-_HEADER_NAMES_SIZE = 1024  # clients may invent names: the cache must not grow for ever
+# Clients may invent header names: the cache must not grow for ever.
+_HEADER_NAMES: Bounded[str, bytes] = Bounded(1024)
 
 
 def _header_name(key: str) -> bytes:
     name = _HEADER_NAMES.get(key)
     if name is None:
         # "HTTP_X_API_KEY" -> b"x-api-key": the form ASGI servers put in scope["headers"].
-        name = key[5:].replace("_", "-").lower().encode("latin-1")
-        if len(_HEADER_NAMES) >= _HEADER_NAMES_SIZE:
-            _HEADER_NAMES.clear()
-        _HEADER_NAMES[key] = name
+        name = _HEADER_NAMES.put(key, key[5:].replace("_", "-").lower().encode("latin-1"))
     return name
 
 

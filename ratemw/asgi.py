@@ -205,14 +205,7 @@ class RateLimitMiddleware:
         else:
             status, headers, body = unavailable_response(scope["path"])
         if scope["type"] == "http":
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": encode_headers(headers),
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await _respond(send, "http.response", status, headers, body)
             return
         await _refuse_websocket(scope, receive, send, status, headers, body)
 
@@ -228,6 +221,15 @@ def encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
          value.encode("latin-1"))
         for name, value in headers
     ]  # fmt: skip
+
+
+async def _respond(
+    send: Send, kind: str, status: int, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    """Send a whole response: ``kind`` is ``http.response`` or, for a WebSocket handshake
+    refused through the denial-response extension, ``websocket.http.response``."""
+    await send({"type": f"{kind}.start", "status": status, "headers": encode_headers(headers)})
+    await send({"type": f"{kind}.body", "body": body})
 
 
 def _host(scope: Scope) -> bytes:
@@ -251,14 +253,7 @@ async def _refuse_websocket(
     body: bytes,
 ) -> None:
     if "websocket.http.response" in scope.get("extensions", {}):
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status,
-                "headers": encode_headers(headers),
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": body})
+        await _respond(send, "websocket.http.response", status, headers, body)
         return
     # Without the denial-response extension a handshake can only be closed: 1008 is
     # "policy violation". The connect event has to be received first.

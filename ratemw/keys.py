@@ -18,6 +18,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+from ratemw._bounded import Bounded
 from ratemw.errors import ConfigurationError
 
 __all__ = ["client_ip", "header"]
@@ -108,7 +109,7 @@ class client_ip:
         self.trusted: tuple[_IPNetwork, ...] = tuple(networks)
         self.ipv6_prefix = ipv6_prefix
         self.proxy_header = header.encode("latin-1")
-        self._normalized: dict[str, str] = {}
+        self._normalized: Bounded[str, str] = Bounded(_CACHE_SIZE)
 
     def __repr__(self) -> str:
         proxies = [str(n) for n in self.trusted]
@@ -130,9 +131,7 @@ class client_ip:
         address = _parse_ip(host)
         # A peer that is not an IP (a Unix socket path, a test client's name) is its own key.
         normalized = self._group(address) if address is not None else host
-        if len(self._normalized) >= _CACHE_SIZE:
-            self._normalized.clear()
-        self._normalized[host] = normalized
+        self._normalized.put(host, normalized)
         return normalized
 
     def __call__(self, request: Any) -> str:

@@ -7,11 +7,11 @@ the decorators attach to endpoints); what runs requests is its ``engine``
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from ratemw._clock import monotonic_ms
 from ratemw._redact import redact_uri
 from ratemw.engine import Declarations, Engine, Metrics, Settings, Storages
 from ratemw.engine.breaker import CircuitBreaker
@@ -40,8 +40,9 @@ _SETTINGS = frozenset(Settings.__dataclass_fields__)
 _FIXED = frozenset({"storage", "strategy", "key_prefix", "storage_options", "clock", "breaker"})
 
 
-def _monotonic_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
+def _options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A decorator's keyword options, as its ``locals()`` hold them."""
+    return {k: v for k, v in arguments.items() if k not in ("self", "limit", "scope")}
 
 
 def _redis_serves(strategy: str) -> bool:
@@ -165,7 +166,7 @@ class Limiter:
         state["_storages"] = Storages(
             backends, CircuitBreaker(name=name, **(breaker or {}))
         )
-        state["_failures"] = FailureLog(clock or _monotonic_ms)
+        state["_failures"] = FailureLog(clock or monotonic_ms)
         state["_hasher"] = KeyHasher()
         state["engine"] = self._build(settings)
 
@@ -332,23 +333,7 @@ class Limiter:
         all; a limit callable whose one parameter is named ``key`` gets the caller's
         identity. What each does when it fails is in docs/headers-and-errors.md.
         """
-        return self._declare(
-            groups_from(
-                "route",
-                limit,
-                key=key,
-                cost=cost,
-                methods=methods,
-                per_method=per_method,
-                exempt_when=exempt_when,
-                override_defaults=override_defaults,
-                shadow=shadow,
-                deduct_when=deduct_when,
-                failure_mode=failure_mode,
-                fallback=fallback,
-                error_message=error_message,
-            )
-        )
+        return self._declare(groups_from("route", limit, **_options(locals())))
 
     def shared_limit(
         self,
@@ -379,24 +364,9 @@ class Limiter:
         """
         if not isinstance(scope, str) or not scope:
             raise ConfigurationError(f"invalid shared_limit scope {scope!r}: expected a name")
+        options = _options(locals())
         return self._declare(
-            groups_from(
-                "shared",
-                limit,
-                bucket=scope,
-                name_prefix=f"{scope}-",
-                key=key,
-                cost=cost,
-                methods=methods,
-                per_method=per_method,
-                exempt_when=exempt_when,
-                override_defaults=override_defaults,
-                shadow=shadow,
-                deduct_when=deduct_when,
-                failure_mode=failure_mode,
-                fallback=fallback,
-                error_message=error_message,
-            )
+            groups_from("shared", limit, bucket=scope, name_prefix=f"{scope}-", **options)
         )
 
     def exempt(self, endpoint: F) -> F:
@@ -425,6 +395,20 @@ class Limiter:
         return fn
 
     # -- storage ------------------------------------------------------------------------------
+
+    def check_storage(self) -> None:
+        """Connect to the storage and run its script once, counting nothing (sync storage).
+
+        Raises ``StorageError`` naming the storage (without its password) and the reason. For
+        an app that should not start when its limits cannot be enforced, call it at start-up
+        (``await limiter.acheck_storage()`` in an ASGI lifespan); ``ratemw check --ping``
+        does the same from the command line.
+        """
+        self.backends.sync.check()
+
+    async def acheck_storage(self) -> None:
+        """The async twin of ``check_storage`` (async storage, for ASGI apps)."""
+        await self.backends.async_.check()
 
     def reset(self) -> None:
         """Forget every count (sync storage; for tests and admin tasks)."""

@@ -397,6 +397,59 @@ def test_storage_down_is_an_error_not_a_traceback(capsys: pytest.CaptureFixture[
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("alive", [True, False], ids=["reachable", "unreachable"])
+def test_check_ping_connects_to_the_storage(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    alive: bool,
+) -> None:
+    """``check`` validates the file; ``--ping`` also proves the storage answers."""
+    from tests.redis_servers import find_free_port
+
+    monkeypatch.delenv("RATEMW_STORAGE", raising=False)
+    if alive:
+        url = request.getfixturevalue("redis_standalone_clean").url
+    else:
+        url = f"redis://:s3cret@127.0.0.1:{find_free_port()}"
+    config = tmp_path / "ratemw.toml"
+    config.write_text(f'storage = "{url}"\ndefault_limits = "100/minute"\n')
+    assert run(capsys, "check", str(config))[0] == 0  # the file alone is fine either way
+    status, out, err = run(capsys, "check", str(config), "--ping")
+    if alive:
+        assert (status, err) == (0, "")
+        assert out.startswith(f"{url}: reachable, script loaded\n{config}: OK\n")
+    else:
+        assert (status, out) == (1, "")
+        assert err.startswith("ratemw check: error: Redis storage redis://127.0.0.1:")
+        assert "Connection refused" in err
+        assert "s3cret" not in err
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_limiter_checks_its_storage_at_start_up(redis_standalone_clean: Any) -> None:
+    from ratemw import StorageError
+    from tests.redis_servers import find_free_port
+
+    good = Limiter(storage=redis_standalone_clean.url)
+    good.check_storage()
+    await good.acheck_storage()
+    await good.backends.async_.aclose()
+    good.backends.sync.close()
+    bad = Limiter(storage=f"redis://127.0.0.1:{find_free_port()}")
+    with pytest.raises(StorageError):
+        bad.check_storage()
+    with pytest.raises(StorageError):
+        await bad.acheck_storage()
+    await bad.backends.async_.aclose()
+
+
 def test_demo_from_the_repository() -> None:
     result = python_m_ratemw("demo")
     assert result.returncode == 0, result.stderr

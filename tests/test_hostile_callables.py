@@ -5,7 +5,7 @@ hypothesis draws a sequence of requests (methods, odd paths, header bytes, no cl
 IPv6 neighbours) and, for each, what every user callable does with it: return a valid value,
 return anything at all (``None``, NaN, huge and negative numbers, strings, bytes, lists,
 objects), raise, and each of those either directly or from a coroutine. A model that applies
-the documented failure rules (see ``tests/test_callables.py``) predicts exactly which requests
+the documented failure rules (see ``tests/engine/test_failures.py``) predicts exactly which requests
 are admitted. For every sequence:
 
 1. never a 500: every answer is the app's 200 or a 429 whose body is valid problem+json;

@@ -2,7 +2,7 @@
 
 ::
 
-    ratemw check [CONFIG]
+    ratemw check [CONFIG] [--ping]
     ratemw inspect --storage redis://localhost:6379 --limit 5/minute --key 203.0.113.7 \\
         --route /search
     ratemw reset   --storage redis://localhost:6379 --limit 5/minute --key 203.0.113.7 \\
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("config", nargs="?", metavar="CONFIG",
                        help="the file (default: search the current directory)")
+    check.add_argument("--ping", action="store_true",
+                       help="also connect to the storage and run its script once (counting "
+                            "nothing): exit 1 if it cannot be reached")
     inspect = commands.add_parser(
         "inspect", help="show a caller's usage, remaining and reset, consuming nothing",
         description="Show one caller's usage of a limit without consuming any of it.",

@@ -68,8 +68,15 @@ def _describe_rule(rule: Any) -> str:
 
 
 def run_check(args: argparse.Namespace, out: TextIO) -> int:
-    """Print the file's settings and rules to ``out``; a bad value raises."""
+    """Print the file's settings and rules to ``out``; a bad value raises. With ``--ping``,
+    the storage must answer too (a ``StorageError`` says why it did not)."""
     config = load_config(args.config)
+    if getattr(args, "ping", False):
+        try:
+            config.limiter.check_storage()
+        finally:
+            config.limiter.backends.sync.close()
+        print(f"{config.limiter.storage_uri_redacted}: reachable, script loaded", file=out)
     print(f"{config.source}: OK", file=out)
     rows = _describe(config)
     width = max(len(k) for k, _ in rows)

@@ -6,13 +6,10 @@ import argparse
 from typing import Any, TextIO
 
 from ratemw.limiter import Limiter
+from ratemw.policy.decision import ceil_seconds
 from ratemw.storage._base import Hit, Usage
 
 __all__ = ["build_report", "print_report"]
-
-
-def _ceil_seconds(ms: int) -> int:
-    return -(-ms // 1000) if ms > 0 else 0
 
 
 def _policy(name: str, hit: Hit, usage: Usage) -> dict[str, Any]:
@@ -24,11 +21,11 @@ def _policy(name: str, hit: Hit, usage: Usage) -> dict[str, Any]:
         "used": used,
         "remaining": max(usage.remaining, 0),
         # Nothing counted means nothing to wait for, whatever the strategy's arithmetic.
-        "reset": _ceil_seconds(usage.reset_ms) if used else 0,
+        "reset": ceil_seconds(usage.reset_ms) if used else 0,
         "blocked": not usage.fits,
         "retry_after": (
             None if usage.fits or usage.wait_ms is None
-            else max(1, _ceil_seconds(usage.wait_ms))
+            else max(1, ceil_seconds(usage.wait_ms))
         ),
         "storage_key": hit.key,
     }

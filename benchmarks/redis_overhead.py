@@ -5,7 +5,7 @@ ASGI (one event loop, ``await app(scope, receive, send)``; helpers from ``_harne
 1. ``bare``: a Starlette app answering ``GET /ping``;
 2. ``evalsha``: the floor: a pure-ASGI middleware that sends one ``EVALSHA`` of ratemw's
    ``acquire.lua`` (one hit) through the client ratemw itself uses for scripts (its pipelined
-   connection, ``ratemw.storage._pipe``), then calls the bare app: one round trip and nothing
+   connection, ``ratemw.storage.redis.apipe``), then calls the bare app: one round trip and nothing
    else;
    ``evalsha-redis-py``: the same through redis-py's async client (for reference: what a
    round trip costs through the usual client);
@@ -15,7 +15,7 @@ ASGI (one event loop, ``await app(scope, receive, send)``; helpers from ``_harne
 
 WSGI (Flask, called as a WSGI server would; helpers from ``wsgi_overhead``): ``bare``,
 ``evalsha`` (the same floor through ratemw's sync script connection,
-``ratemw.storage._sync_pipe``), ``evalsha-redis-py`` (through redis-py's sync client),
+``ratemw.storage.redis.pipe``), ``evalsha-redis-py`` (through redis-py's sync client),
 ``ratemw`` (``WSGIRateLimitMiddleware`` through ``ratemw.contrib.flask.init_app``),
 ``flask-limiter`` (``storage_uri``, headers on).
 
@@ -75,9 +75,9 @@ from benchmarks._harness import (
 )
 from ratemw import Limiter, RateLimitMiddleware
 from ratemw.contrib.flask import init_app
-from ratemw.storage._pipe import AsyncPipe
-from ratemw.storage._sync_pipe import Pipe
 from ratemw.storage.redis import SCRIPT, SCRIPT_SHA, AsyncRedisStorage, RedisStorage
+from ratemw.storage.redis.apipe import AsyncPipe
+from ratemw.storage.redis.pipe import Pipe
 from tests.redis_servers import RedisServer
 
 BIG_LIMIT = "1000000/minute"  # never reached: the cost of counting, not of refusing
@@ -131,9 +131,7 @@ def asgi_apps(url: str) -> tuple[dict[str, ASGIApp], Limiter]:
     ours = Starlette(routes=[Route(PATH, ping)])
     ours.add_middleware(RateLimitMiddleware, limiter=limiter)
 
-    slow_limiter = SlowLimiter(
-        key_func=slow_remote_address, headers_enabled=True, storage_uri=url
-    )
+    slow_limiter = SlowLimiter(key_func=slow_remote_address, headers_enabled=True, storage_uri=url)
 
     @slow_limiter.limit(BIG_LIMIT)
     async def slow_ping(request: Request) -> PlainTextResponse:
@@ -188,10 +186,14 @@ def wsgi_apps(url: str) -> tuple[dict[str, WSGIApp], Limiter]:
         app.wsgi_app = floor  # type: ignore[method-assign]
         return app
 
-    floor_flask = floor_app("floor", lambda: floor_pipe.script(
-        SCRIPT_SHA, SCRIPT, ["floor:{bench}:ping-wsgi"], FLOOR_ARGS))
-    redis_py_flask = floor_app("floor-redis-py", lambda: floor_client.evalsha(
-        SCRIPT_SHA, 1, "floor:{bench}:ping-wsgi-py", *REDIS_PY_ARGS))
+    floor_flask = floor_app(
+        "floor",
+        lambda: floor_pipe.script(SCRIPT_SHA, SCRIPT, ["floor:{bench}:ping-wsgi"], FLOOR_ARGS),
+    )
+    redis_py_flask = floor_app(
+        "floor-redis-py",
+        lambda: floor_client.evalsha(SCRIPT_SHA, 1, "floor:{bench}:ping-wsgi-py", *REDIS_PY_ARGS),
+    )
 
     ours = Flask("ratemw")
     limiter = Limiter(storage=url)
@@ -289,8 +291,10 @@ def table(
         extra = paired_overheads(Variant(name, None, per_request=times), bare)  # type: ignore[arg-type]
         overheads[name] = median(extra)
         low, high = (q * 1e6 for q in quartiles(extra))
-        print(f"| {name} | {per:.1f} | {overheads[name] * 1e6:+.1f} | {low:.1f} to {high:.1f} "
-              f"| {trips[name]:.2f} |")
+        print(
+            f"| {name} | {per:.1f} | {overheads[name] * 1e6:+.1f} | {low:.1f} to {high:.1f} "
+            f"| {trips[name]:.2f} |"
+        )
     return overheads
 
 
@@ -300,8 +304,10 @@ def verdicts(label: str, per_request: dict[str, list[float]], rival: str) -> boo
     Each ratio is taken per round (both overheads measured in that round), then the median
     over rounds is compared with its target; the interquartile range shows the spread.
     """
-    variants = {name: Variant(name, None, per_request=times)  # type: ignore[arg-type]
-                for name, times in per_request.items()}
+    variants = {
+        name: Variant(name, None, per_request=times)  # type: ignore[arg-type]
+        for name, times in per_request.items()
+    }
     ours, bare = variants["ratemw"], variants["bare"]
 
     def ratio(reference: str) -> tuple[float, str]:
@@ -313,32 +319,43 @@ def verdicts(label: str, per_request: dict[str, list[float]], rival: str) -> boo
     versus_floor, floor_spread = ratio("evalsha")
     met_rival, met_floor = versus_rival <= SLOW_TARGET, versus_floor <= FLOOR_TARGET
     print()
-    print(f"{label}: ratemw / {rival} overhead = {versus_rival:.3f} ({rival_spread}; "
-          f"target <= 0.333: {'met' if met_rival else 'MISSED'}); "
-          f"{rival} costs {1 / versus_rival:.1f}x ratemw")
-    print(f"{label}: ratemw / bare EVALSHA round trip = {versus_floor:.3f} ({floor_spread}; "
-          f"target <= {FLOOR_TARGET}: {'met' if met_floor else 'MISSED'})")
+    print(
+        f"{label}: ratemw / {rival} overhead = {versus_rival:.3f} ({rival_spread}; "
+        f"target <= 0.333: {'met' if met_rival else 'MISSED'}); "
+        f"{rival} costs {1 / versus_rival:.1f}x ratemw"
+    )
+    print(
+        f"{label}: ratemw / bare EVALSHA round trip = {versus_floor:.3f} ({floor_spread}; "
+        f"target <= {FLOOR_TARGET}: {'met' if met_floor else 'MISSED'})"
+    )
     if "evalsha-redis-py" in per_request:
         versus_redis_py, spread = ratio("evalsha-redis-py")
-        print(f"{label}: ratemw / bare EVALSHA through redis-py's client = "
-              f"{versus_redis_py:.3f} ({spread}; information)")
+        print(
+            f"{label}: ratemw / bare EVALSHA through redis-py's client = "
+            f"{versus_redis_py:.3f} ({spread}; information)"
+        )
     return met_rival and met_floor
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (20)")
-    parser.add_argument("--iterations", type=int, default=750,
-                        help="requests per variant per round (750)")
+    parser.add_argument(
+        "--iterations", type=int, default=750, help="requests per variant per round (750)"
+    )
     args = parser.parse_args(argv)
     server = RedisServer(name="bench").start()
     try:
         names = ("ratemw", "starlette", "slowapi", "flask", "flask-limiter", "limits", "redis")
-        print(f"Python {platform.python_version()} on {platform.machine()}, "
-              + ", ".join(f"{n} {version(n)}" for n in names)
-              + f", redis-server {server.info('server')['redis_version']}")
-        print(f"{args.rounds} interleaved rounds x {args.iterations} requests per variant, "
-              "each round starting one variant later; medians over rounds")
+        print(
+            f"Python {platform.python_version()} on {platform.machine()}, "
+            + ", ".join(f"{n} {version(n)}" for n in names)
+            + f", redis-server {server.info('server')['redis_version']}"
+        )
+        print(
+            f"{args.rounds} interleaved rounds x {args.iterations} requests per variant, "
+            "each round starting one variant later; medians over rounds"
+        )
         asgi, asgi_trips = asyncio.run(measure_asgi(server, args.rounds, args.iterations))
         table("ASGI (Starlette), Redis storage", asgi, asgi_trips)
         ok = verdicts("ASGI", asgi, "slowapi")

@@ -9,7 +9,7 @@ Example::
     from ratemw import Limiter
     from ratemw.strategies import register_strategy
 
-    register_strategy(MyStrategy())          # has name, check, consume, refund, expires
+    register_strategy(MyStrategy())   # name, check, consume, refund, expires (tag, lua)
     limiter = Limiter(strategy=MyStrategy.name)
 
 See docs/strategies.md for the protocol, and for the Lua a strategy brings to count on Redis.
@@ -17,8 +17,8 @@ See docs/strategies.md for the protocol, and for the Lua a strategy brings to co
 
 from __future__ import annotations
 
-from ratemw.storage._base import CONCURRENCY, STRATEGIES, Hit, Usage
-from ratemw.storage._strategies import (
+from ratemw.storage.base import CONCURRENCY, STRATEGIES, Hit, Usage
+from ratemw.storage.strategies import (
     GCRA,
     Concurrency,
     FixedWindow,
@@ -26,6 +26,7 @@ from ratemw.storage._strategies import (
     SlidingWindowCounter,
     Strategy,
     register_strategy,
+    tag_of,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "Strategy",
     "Usage",
     "register_strategy",
+    "tag_of",
 ]

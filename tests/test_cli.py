@@ -42,7 +42,8 @@ def test_check_prints_the_effective_configuration(
     monkeypatch.delenv("RATEMW_STORAGE", raising=False)
     monkeypatch.setenv("RATEMW_ENABLED", "false")
     path = tmp_path / "ratemw.toml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         storage = "redis://:hunter2@cache.internal:6379/0"
         strategy = "moving-window"
         default_limits = ["100/minute", "2000/hour"]
@@ -52,7 +53,8 @@ def test_check_prints_the_effective_configuration(
         path = "/api/*"
         limit = "10/second"
         methods = ["POST"]
-        """))
+        """)
+    )
     status, out, err = run(capsys, "check", str(path))
     assert (status, err) == (0, "")
     assert out == textwrap.dedent(f"""\
@@ -144,8 +146,12 @@ def test_check_without_a_configuration(
 def python_m_ratemw(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RATEMW_")}
     return subprocess.run(
-        [sys.executable, "-m", "ratemw", *argv], cwd=cwd, capture_output=True, text=True,
-        timeout=60, env=env,
+        [sys.executable, "-m", "ratemw", *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
 
 
@@ -190,16 +196,29 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = run(capsys, "inspect", "--storage", "redis://x", "--key", "k")
     assert status == 2
     assert "one of the arguments --route --scope --rule --default --app is required" in err
-    status, _, err = run(capsys, "inspect", "--storage", "redis://x", "--key", "k",
-                         "--route", "/", "--limit", "1/second", "--method", "GET")
+    status, _, err = run(
+        capsys,
+        "inspect",
+        "--storage",
+        "redis://x",
+        "--key",
+        "k",
+        "--route",
+        "/",
+        "--limit",
+        "1/second",
+        "--method",
+        "GET",
+    )
     assert status == 2
     assert "--per-method and --method go together" in err
     assert run(capsys, "--help")[0] == 0
 
 
 def test_memory_storage_is_out_of_reach(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "inspect", "--storage", "memory://", "--limit", "1/second", "--key",
-               "k", "--app") == (
+    assert run(
+        capsys, "inspect", "--storage", "memory://", "--limit", "1/second", "--key", "k", "--app"
+    ) == (
         1,
         "",
         "ratemw inspect: error: memory:// counts live inside each app process, out of this "
@@ -273,12 +292,18 @@ def serve(redis_url: str) -> Iterator[Callable[[App], TestClient]]:
     clients: list[TestClient] = []
 
     def start(build: App) -> TestClient:
-        # No local memory of refusals, so that the next request asks Redis (see docs: a
-        # worker remembers a refusal until its retry time, reset or not).
+        # No local memory of refusals, so that the next request asks Redis (a worker that
+        # remembers refusals sees a reset within a second: tests/storage/test_resets.py).
         # Generous timeouts: a loaded machine must not turn a slow reply into a fail-open.
-        limiter = Limiter(storage=redis_url, key=keys.header("X-API-Key"),
-                          storage_options={"blocked_cache_size": 0, "socket_timeout": 5,
-                                           "socket_connect_timeout": 5})
+        limiter = Limiter(
+            storage=redis_url,
+            key=keys.header("X-API-Key"),
+            storage_options={
+                "blocked_cache_size": 0,
+                "socket_timeout": 5,
+                "socket_connect_timeout": 5,
+            },
+        )
         client = TestClient(asgi_app(limiter, build(limiter)), headers={"X-API-Key": API_KEY})
         clients.append(client.__enter__())
         return client
@@ -300,35 +325,40 @@ def test_inspect_then_reset_a_blocked_caller(
 ) -> None:
     client = serve(build)
     assert [client.get("/search").status_code for _ in range(4)] == [200, 200, 200, 429]
-    common = ["--storage", redis_url, "--limit", "3/minute;100/hour", "--key", IDENTITY,
-              *selector]
+    common = ["--storage", redis_url, "--limit", "3/minute;100/hour", "--key", IDENTITY, *selector]
 
     status, out, err = run(capsys, "inspect", *common, "--json")
     assert (status, err) == (0, "")
     report = json.loads(out)
     assert (report["key"], report["bucket"], report["strategy"]) == (
-        IDENTITY, bucket, "fixed-window"
+        IDENTITY,
+        bucket,
+        "fixed-window",
     )
     minute, hour = report["policies"]
     assert minute["name"] == f"{prefix}per-minute"
-    assert (minute["quota"], minute["window"], minute["used"], minute["remaining"]) == (
-        3, 60, 3, 0
-    )
+    assert (minute["quota"], minute["window"], minute["used"], minute["remaining"]) == (3, 60, 3, 0)
     assert minute["blocked"] is True
     assert 58 <= minute["reset"] <= 60
     assert minute["retry_after"] == minute["reset"]
     assert (hour["name"], hour["used"], hour["remaining"], hour["blocked"]) == (
-        f"{prefix}per-hour", 3, 97, False
+        f"{prefix}per-hour",
+        3,
+        97,
+        False,
     )
     assert 3598 <= hour["reset"] <= 3600
 
     assert run(capsys, "reset", *common) == (
-        0, f"cleared {prefix}per-minute, {prefix}per-hour of {IDENTITY} in {bucket}\n", ""
+        0,
+        f"cleared {prefix}per-minute, {prefix}per-hour of {IDENTITY} in {bucket}\n",
+        "",
     )
     assert client.get("/search").status_code == 200
     report = json.loads(run(capsys, "inspect", *common, "--json")[1])
     assert [(p["used"], p["remaining"], p["blocked"]) for p in report["policies"]] == [
-        (1, 2, False), (1, 99, False)
+        (1, 2, False),
+        (1, 99, False),
     ]
 
 
@@ -342,18 +372,49 @@ def test_inspect_text_and_an_unknown_caller(
     assert status == 0
     lines = out.splitlines()
     assert lines[0] == f"{IDENTITY} in route:/search ({redis_url}, fixed-window)"
-    assert lines[1].split() == ["policy", "quota", "window", "used", "remaining", "reset",
-                                "status"]
+    assert lines[1].split() == ["policy", "quota", "window", "used", "remaining", "reset", "status"]
     assert lines[2].split()[:6] == ["per-minute", "3", "60", "s", "3", "0"]
     assert lines[2].split()[-5:-2] == ["blocked,", "retry", "in"]
     assert lines[3].split()[:6] == ["per-hour", "100", "3600", "s", "3", "97"]
     assert lines[3].endswith("ok")
     assert lines[4].startswith("  storage key: ratemw:{")
-    # A caller never seen has its whole quota and nothing to wait for.
-    report = json.loads(run(capsys, "inspect", *common, "--key", "h:nobody", "--json")[1])
+    # A caller never seen has its whole quota and nothing to wait for; the command says it
+    # matched no counts and exits non-zero (a wrong key is a mistake worth noticing).
+    status, out, err = run(capsys, "inspect", *common, "--key", "h:nobody", "--json")
+    report = json.loads(out)
     assert [(p["used"], p["remaining"], p["reset"]) for p in report["policies"]] == [
-        (0, 3, 0), (0, 100, 0)
+        (0, 3, 0),
+        (0, 100, 0),
     ]
+    assert (status, report["counted"]) == (1, False)
+    assert err.startswith("nothing matched: no counts for key 'h:nobody' in 'route:/search'")
+
+
+def test_inspect_and_reset_that_match_nothing_say_so(
+    serve: Callable[[App], TestClient], redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = serve(route_app)
+    assert [client.get("/search").status_code for _ in range(4)] == [200, 200, 200, 429]
+    limit = ["--storage", redis_url, "--limit", "3/minute;100/hour"]
+    # A wrong key, and a path where the route's template was meant: no counts, exit 1.
+    for selector in (
+        ["--key", "h:wrong", "--route", "/search"],
+        ["--key", IDENTITY, "--route", "/search/"],
+    ):
+        for command in ("inspect", "reset"):
+            status, out, err = run(capsys, command, *limit, *selector)
+            assert status == 1, (command, selector)
+            assert err.startswith("nothing matched: no counts"), err
+            assert "--route is the route's template" in err
+        status, out, _ = run(capsys, "reset", *limit, *selector, "--json")
+        assert (status, json.loads(out)) == (1, {"cleared": []})
+    # The caller is still blocked: nothing was cleared by mistake.
+    assert client.get("/search").status_code == 429
+    status, out, err = run(capsys, "reset", *limit, "--key", IDENTITY, "--route", "/search")
+    assert (status, err) == (0, "")
+    assert client.get("/search").status_code == 200
+    # Cleared once, there is nothing left to clear.
+    assert run(capsys, "reset", *limit, "--key", "h:gone", "--route", "/search")[0] == 1
 
 
 def test_config_supplies_storage_strategy_prefix_and_limit(
@@ -371,8 +432,7 @@ def test_config_supplies_storage_strategy_prefix_and_limit(
     with TestClient(asgi_app(limiter, [Route("/", ok)])) as client:
         assert [client.get("/").status_code for _ in range(3)] == [200, 200, 429]
     report = json.loads(
-        run(capsys, "inspect", "--config", str(config), "--key", "testclient", "--app",
-            "--json")[1]
+        run(capsys, "inspect", "--config", str(config), "--key", "testclient", "--app", "--json")[1]
     )
     assert report["strategy"] == "sliding-window-counter"
     assert report["policies"][0]["storage_key"].startswith("shop:{")
@@ -381,8 +441,7 @@ def test_config_supplies_storage_strategy_prefix_and_limit(
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == "cleared app-per-minute of testclient in application:*\n"
     report = json.loads(
-        run(capsys, "inspect", "--config", str(config), "--key", "testclient", "--app",
-            "--json")[1]
+        run(capsys, "inspect", "--config", str(config), "--key", "testclient", "--app", "--json")[1]
     )
     assert report["policies"][0]["remaining"] == 2
 
@@ -390,8 +449,17 @@ def test_config_supplies_storage_strategy_prefix_and_limit(
 def test_storage_down_is_an_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.redis_servers import find_free_port
 
-    status, out, err = run(capsys, "inspect", "--storage", f"redis://127.0.0.1:{find_free_port()}",
-                           "--limit", "1/second", "--key", "k", "--app")
+    status, out, err = run(
+        capsys,
+        "inspect",
+        "--storage",
+        f"redis://127.0.0.1:{find_free_port()}",
+        "--limit",
+        "1/second",
+        "--key",
+        "k",
+        "--app",
+    )
     assert (status, out) == (1, "")
     assert err.startswith("ratemw inspect: error: ")
     assert "Traceback" not in err

@@ -14,9 +14,10 @@ __all__ = ["run_check"]
 
 
 def _describe_limits(groups: Sequence[LimitGroup]) -> str:
-    return "; ".join(
-        g.limit if isinstance(g.limit, str) else _name(g.limit) for g in groups
-    ) or "(none)"
+    return (
+        "; ".join(g.limit if isinstance(g.limit, str) else _name(g.limit) for g in groups)
+        or "(none)"
+    )
 
 
 def _name(obj: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -19,9 +20,16 @@ from ratemw.engine.plans import key_tail
 from ratemw.errors import ConfigurationError
 from ratemw.limiter import Limiter
 from ratemw.policy.groups import LimitGroup, groups_from
-from ratemw.storage._base import Hit
+from ratemw.storage.base import Hit
 
 __all__ = ["run_inspect", "run_reset"]
+
+#: What inspect and reset say when the key has no counts: a wrong key, or a path given where
+#: the route's template was meant, finds none.
+_NOTHING = (
+    "nothing matched: no {what} for key {key!r} in {bucket!r} (check the key, the limit, and "
+    "that --route is the route's template, such as /items/{{id}}, not a path)"
+)
 
 
 def _limiter(args: argparse.Namespace) -> tuple[Limiter, Config | None]:
@@ -53,8 +61,9 @@ def _group(args: argparse.Namespace, limiter: Limiter, config: Config | None) ->
     limit = args.limit or _limit_from_config(args, config)
     options: dict[str, Any] = {"per_method": args.per_method}
     if args.scope is not None:
-        groups = groups_from("shared", limit, bucket=args.scope, name_prefix=f"{args.scope}-",
-                             **options)
+        groups = groups_from(
+            "shared", limit, bucket=args.scope, name_prefix=f"{args.scope}-", **options
+        )
     elif args.rule is not None:
         groups = groups_from("rule", limit, bucket=args.rule, **options)
     elif args.app:
@@ -111,15 +120,21 @@ def run_inspect(args: argparse.Namespace, out: TextIO) -> int:
     """Print the caller's usage of the limit, consuming none of it."""
     limiter, config = _limiter(args)
     bucket, named = _hits(args, limiter, _group(args, limiter, config))
+    storage = limiter.backends.sync
     try:
-        usages = limiter.backends.sync.peek([hit for _, hit in named])
+        counted = storage.exists([hit.key for _, hit in named])
+        usages = storage.peek([hit for _, hit in named])
     finally:
-        limiter.backends.sync.close()
+        storage.close()
     report = build_report(args, limiter, bucket, named, usages)
+    report["counted"] = counted > 0
     if args.json:
         print(json.dumps(report, indent=2), file=out)
     else:
         print_report(report, out)
+    if not counted:
+        print(_NOTHING.format(what="counts", key=args.key, bucket=bucket), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -129,13 +144,15 @@ def run_reset(args: argparse.Namespace, out: TextIO) -> int:
     bucket, named = _hits(args, limiter, _group(args, limiter, config))
     storage = limiter.backends.sync
     try:
-        for _, hit in named:
-            storage.clear(hit.key)
+        cleared = [(name, hit) for name, hit in named if storage.clear(hit.key)]
     finally:
         storage.close()
     if args.json:
-        print(json.dumps({"cleared": [hit.key for _, hit in named]}, indent=2), file=out)
-    else:
-        names = ", ".join(name for name, _ in named)
+        print(json.dumps({"cleared": [hit.key for _, hit in cleared]}, indent=2), file=out)
+    elif cleared:
+        names = ", ".join(name for name, _ in cleared)
         print(f"cleared {names} of {args.key} in {bucket}", file=out)
+    if not cleared:
+        print(_NOTHING.format(what="counts to clear", key=args.key, bucket=bucket), file=sys.stderr)
+        return 1
     return 0

@@ -20,8 +20,7 @@ def run_demo(args: argparse.Namespace, out: TextIO) -> int:
         except ImportError as exc:
             missing = getattr(exc, "name", None)
             if missing in ("uvicorn", "httpx2"):
-                print(f"ratemw demo needs {missing}: pip install 'ratemw[demo]'",
-                      file=sys.stderr)
+                print(f"ratemw demo needs {missing}: pip install 'ratemw[demo]'", file=sys.stderr)
             else:
                 print(
                     "ratemw demo runs examples/demo.py from ratemw's source repository: clone "

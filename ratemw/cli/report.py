@@ -7,7 +7,7 @@ from typing import Any, TextIO
 
 from ratemw.limiter import Limiter
 from ratemw.policy.decision import ceil_seconds
-from ratemw.storage._base import Hit, Usage
+from ratemw.storage.base import Hit, Usage
 
 __all__ = ["build_report", "print_report"]
 
@@ -24,8 +24,7 @@ def _policy(name: str, hit: Hit, usage: Usage) -> dict[str, Any]:
         "reset": ceil_seconds(usage.reset_ms) if used else 0,
         "blocked": not usage.fits,
         "retry_after": (
-            None if usage.fits or usage.wait_ms is None
-            else max(1, ceil_seconds(usage.wait_ms))
+            None if usage.fits or usage.wait_ms is None else max(1, ceil_seconds(usage.wait_ms))
         ),
         "storage_key": hit.key,
     }
@@ -39,9 +38,7 @@ def build_report(
     usages: list[Usage],
 ) -> dict[str, Any]:
     """The report of ``args.key``'s counts: one policy per named hit, with its usage."""
-    policies = [
-        _policy(name, hit, usage) for (name, hit), usage in zip(named, usages, strict=True)
-    ]
+    policies = [_policy(name, hit, usage) for (name, hit), usage in zip(named, usages, strict=True)]
     return {
         "storage": limiter.settings.storage_name,
         "strategy": limiter.settings.strategy,
@@ -62,15 +59,23 @@ def _status(policy: dict[str, Any]) -> str:
 def print_report(report: dict[str, Any], out: TextIO) -> None:
     """Print ``report`` to ``out`` as a table, one row per policy, then the storage keys."""
     print(
-        f"{report['key']} in {report['bucket']} "
-        f"({report['storage']}, {report['strategy']})",
+        f"{report['key']} in {report['bucket']} ({report['storage']}, {report['strategy']})",
         file=out,
     )
     header = ("policy", "quota", "window", "used", "remaining", "reset", "status")
     rows = [header]
     for p in report["policies"]:
-        rows.append((p["name"], str(p["quota"]), f"{p['window']} s", str(p["used"]),
-                     str(p["remaining"]), f"{p['reset']} s", _status(p)))
+        rows.append(
+            (
+                p["name"],
+                str(p["quota"]),
+                f"{p['window']} s",
+                str(p["used"]),
+                str(p["remaining"]),
+                f"{p['reset']} s",
+                _status(p),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))

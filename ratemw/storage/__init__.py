@@ -1,8 +1,10 @@
 """Storage backends, chosen by URI.
 
-``memory://`` is embedded; ``redis://``, ``rediss://``, ``redis+unix://``, ``redis+cluster://``,
-``redis+sentinel://`` and their ``valkey`` spellings talk to a Redis-compatible server. Every
-backend answers one request's hits in one atomic step.
+``memory://`` is embedded (``memory.py``); ``redis://``, ``rediss://``, ``redis+unix://``,
+``redis+cluster://``, ``redis+sentinel://`` and their ``valkey`` spellings talk to a
+Redis-compatible server (the ``redis`` package, which holds its schemes). Every backend
+answers one request's hits in one atomic step, through the protocols of ``base.py``, counting
+by the strategies of ``strategies.py``.
 """
 
 from __future__ import annotations
@@ -12,45 +14,38 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from ratemw._clock import wall_clock_ms
 from ratemw.errors import ConfigurationError
-from ratemw.storage._base import STRATEGIES, AsyncStorage, Hit, Storage, Usage
-from ratemw.storage.memory import AsyncMemoryStorage, MemoryStorage, wall_clock_ms
+from ratemw.storage.base import STRATEGIES, AsyncStorage, Batch, Hit, Storage, Usage
+from ratemw.storage.memory import AsyncMemoryStorage, MemoryStorage
 
 __all__ = [
     "STRATEGIES",
     "AsyncMemoryStorage",
     "AsyncStorage",
+    "Batch",
     "Hit",
     "MemoryStorage",
     "Storage",
     "StorageBackends",
     "Usage",
+    "storage_scheme",
 ]
-
-REDIS_SCHEMES = frozenset(
-    {
-        "redis",
-        "rediss",
-        "redis+unix",
-        "redis+cluster",
-        "redis+sentinel",
-        "valkey",
-        "valkeys",
-        "valkey+unix",
-        "valkey+cluster",
-        "valkey+sentinel",
-    }
-)
 
 
 def storage_scheme(uri: str) -> str:
+    """The scheme of a storage URI, lower-cased; ``ConfigurationError`` if no storage has it."""
     if not isinstance(uri, str) or "://" not in uri:
         raise ConfigurationError(
             f"invalid storage URI {uri!r}: expected e.g. 'memory://' or 'redis://localhost:6379'"
         )
     scheme = uri.split("://", 1)[0].lower()
-    if scheme != "memory" and scheme not in REDIS_SCHEMES:
-        known = ", ".join(["memory", *sorted(REDIS_SCHEMES)])
+    if scheme == "memory":
+        return scheme
+    from ratemw.storage.redis.config import SCHEMES  # each backend holds its own schemes
+
+    if scheme not in SCHEMES:
+        known = ", ".join(["memory", *sorted(SCHEMES)])
         raise ConfigurationError(
             f"unknown storage scheme {scheme!r} in {uri!r}; supported schemes: {known}"
         )
@@ -118,6 +113,4 @@ class StorageBackends:
     def async_(self) -> AsyncStorage:
         from ratemw.storage import redis as redis_storage
 
-        return redis_storage.AsyncRedisStorage(
-            self.uri, key_prefix=self.key_prefix, **self.options
-        )
+        return redis_storage.AsyncRedisStorage(self.uri, key_prefix=self.key_prefix, **self.options)

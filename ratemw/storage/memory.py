@@ -14,21 +14,19 @@ second line).
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ratemw._clock import wall_clock_ms
 from ratemw.errors import StorageCallError
-from ratemw.storage._base import CONCURRENCY, Batch, Hit, Usage
-from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
+from ratemw.storage.base import Batch, Hit, Usage, unconsumed
+from ratemw.storage.strategies import STRATEGY_IMPLEMENTATIONS
+
+__all__ = ["DEFAULT_MAX_KEYS", "AsyncMemoryStorage", "MemoryStorage", "wall_clock_ms"]
 
 DEFAULT_MAX_KEYS = 100_000
 _SWEEP_BATCH = 64
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _whole(value: Any, least: int) -> bool:
@@ -45,8 +43,11 @@ def refuse_invalid(hits: Sequence[Hit]) -> None:
         return
     for hit in hits:
         if not (
-            _whole(hit.cost, 1) and _whole(hit.amount, 1) and _whole(hit.window_ms, 1)
-            and _whole(hit.burst, 0) and hit.strategy in STRATEGY_IMPLEMENTATIONS
+            _whole(hit.cost, 1)
+            and _whole(hit.amount, 1)
+            and _whole(hit.window_ms, 1)
+            and _whole(hit.burst, 0)
+            and hit.strategy in STRATEGY_IMPLEMENTATIONS
         ):
             raise StorageCallError(
                 f"memory storage refused the hit {hit.key!r}: cost {hit.cost!r} and amount "
@@ -126,9 +127,13 @@ class MemoryStorage:
                 usages.append(usage)
             if not admit:
                 # Nothing is consumed: report the numbers as they stand.
-                return [_unconsumed(u, h) for u, h in zip(usages, hits, strict=True)]
+                return [unconsumed(u, h) for u, h in zip(usages, hits, strict=True)]
+            # A key named by several hits (two limits on one counter) counts the request once:
+            # by the first of its hits that fits (as acquire.lua does).
+            counted: set[str] = set()
             for hit, state, usage in zip(hits, states, usages, strict=True):
-                if usage.fits:
+                if usage.fits and hit.key not in counted:
+                    counted.add(hit.key)
                     self._consume(hit, state, now)
             return usages
 
@@ -145,13 +150,17 @@ class MemoryStorage:
         refuse_invalid(hits)
         with self._lock:
             _, usages = self._check(hits, self.clock())
-            return [_unconsumed(u, h) for u, h in zip(usages, hits, strict=True)]
+            return [unconsumed(u, h) for u, h in zip(usages, hits, strict=True)]
 
     def refund(self, hits: Sequence[Hit], stamp_ms: int) -> None:
         refuse_invalid(hits)
         with self._lock:
             now = self.clock()
+            handed: set[str] = set()  # a key is handed back once, by its first hit
             for hit in hits:
+                if hit.key in handed:
+                    continue
+                handed.add(hit.key)
                 state = self._state(hit.key, now)
                 if state is not None:
                     strategy = STRATEGY_IMPLEMENTATIONS[hit.strategy]
@@ -176,24 +185,25 @@ class MemoryStorage:
     def check(self) -> None:
         """Nothing to connect to: always ready (the twin of ``RedisStorage.check``)."""
 
-    def clear(self, key: str) -> None:
+    def exists(self, keys: Sequence[str]) -> int:
+        """How many of ``keys`` hold counts that still count (expired ones do not)."""
         with self._lock:
-            self._data.pop(key, None)
+            now = self.clock()
+            return sum(1 for key in keys if self._state(key, now) is not None)
+
+    def clear(self, key: str) -> bool:
+        """Forget one key; whether it held counts that still counted."""
+        with self._lock:
+            entry = self._data.pop(key, None)
+            return entry is not None and entry[1] > self.clock()
 
     def reset(self) -> None:
+        """Forget every key."""
         with self._lock:
             self._data.clear()
 
     def close(self) -> None:
         pass
-
-
-def _unconsumed(usage: Usage, hit: Hit) -> Usage:
-    """The usage of a hit that was checked but not consumed."""
-    if not usage.fits:
-        return usage
-    units = 1 if hit.strategy == CONCURRENCY else hit.cost
-    return Usage(True, usage.remaining + units, usage.reset_ms, 0, usage.stamp_ms)
 
 
 class AsyncMemoryStorage:
@@ -217,8 +227,11 @@ class AsyncMemoryStorage:
     async def release(self, hits: Sequence[Hit]) -> None:
         self.sync.release(hits)
 
-    async def clear(self, key: str) -> None:
-        self.sync.clear(key)
+    async def exists(self, keys: Sequence[str]) -> int:
+        return self.sync.exists(keys)
+
+    async def clear(self, key: str) -> bool:
+        return self.sync.clear(key)
 
     async def reset(self) -> None:
         self.sync.reset()

@@ -34,19 +34,27 @@ def run_check(asynchronous: bool, uri: str, **options: Any) -> None:
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize(
-    "fixture", ["redis_standalone_clean", "redis_cluster_clean", "redis_sentinel_clean"]
+    ("fixture", "query"),
+    [
+        pytest.param("redis_standalone_clean", "", id="redis"),
+        pytest.param("redis_standalone_clean", "?transport=redis-py", id="redis-via-redis-py"),
+        pytest.param("redis_cluster_clean", "", id="cluster"),
+        pytest.param("redis_sentinel_clean", "", id="sentinel"),
+    ],
 )
 def test_a_live_storage_passes_and_nothing_is_counted(
-    request: pytest.FixtureRequest, fixture: str, asynchronous: bool
+    request: pytest.FixtureRequest, fixture: str, query: str, asynchronous: bool
 ) -> None:
     server = request.getfixturevalue(fixture)
-    clients = [server.client()] if fixture != "redis_cluster_clean" else [
-        node.client() for node in server.nodes
-    ]
+    clients = (
+        [server.client()]
+        if fixture != "redis_cluster_clean"
+        else [node.client() for node in server.nodes]
+    )
     try:
         for client in clients:
             client.script_flush()
-        run_check(asynchronous, server.url)
+        run_check(asynchronous, server.url + query)
         # The script ran (it is loaded now, somewhere), and wrote nothing anywhere.
         assert any(client.script_exists(SCRIPT_SHA) == [True] for client in clients)
         assert all(client.dbsize() == 0 for client in clients)

@@ -89,8 +89,9 @@ def test_moved_is_followed_and_the_map_patched(cluster: RedisCluster, asynchrono
         manager.slots_cache[slot] = [manager.get_node(host=wrong.host, port=wrong.port)]
         patched.append(id(manager))
 
-    remaining = _acquire(asynchronous, cluster.url, [Hit(name, 10, 60_000, 1, "fixed-window")],
-                         stale_map)
+    remaining = _acquire(
+        asynchronous, cluster.url, [Hit(name, 10, 60_000, 1, "fixed-window")], stale_map
+    )
     assert patched and remaining == 9  # counted once, on the owner
     assert owner._admin("HGET", name, "c") == "1"
 
@@ -108,8 +109,12 @@ def test_ask_is_followed_during_a_migration(cluster: RedisCluster, asynchronous:
     target._admin("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
     source._admin("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
     try:
-        remaining = _acquire(asynchronous, cluster.url,
-                             [Hit(name, 10, 60_000, 1, "fixed-window")], lambda client: None)
+        remaining = _acquire(
+            asynchronous,
+            cluster.url,
+            [Hit(name, 10, 60_000, 1, "fixed-window")],
+            lambda client: None,
+        )
         assert remaining == 9
         with target.client() as direct:
             pipe = direct.pipeline(transaction=False)
@@ -222,8 +227,10 @@ def test_a_cluster_that_is_down_costs_a_request_no_more_than_the_bound(
         sync.close()
         _restart()
     for name, outcomes in (("sync", sync_outcomes), ("async", async_outcomes)):
-        print(f"\n{name}: {len(outcomes)} requests to a cluster that is down, slowest "
-              f"{max(took for took, _ in outcomes) * 1000:.1f} ms")
+        print(
+            f"\n{name}: {len(outcomes)} requests to a cluster that is down, slowest "
+            f"{max(took for took, _ in outcomes) * 1000:.1f} ms"
+        )
         errors = [error for _, error in outcomes]
         assert all(isinstance(error, StorageError) for error in errors), errors
         assert any("CLUSTERDOWN" in str(error) or "ClusterDown" in str(error) for error in errors)

@@ -9,7 +9,7 @@ import pytest
 
 from ratemw import ConfigurationError, Limiter
 from ratemw.storage import Hit, Usage
-from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS, register_strategy
+from ratemw.storage.strategies import STRATEGY_IMPLEMENTATIONS, register_strategy
 from tests.conftest import make_client
 
 LEAKY_LUA = """

@@ -2,11 +2,11 @@
 
 While a thread kills every script connection of real ``redis-server``s (``CLIENT KILL``)
 every few milliseconds, calls keep counting, each on a key of its own: on a single server
-(the storages' own connections), a Cluster and a Sentinel-managed master (redis-py's). A
-kill that lands after the server ran a call's script and before its reply left loses the
-reply: the call fails (the script's count stays, as it should: it ran once). Sending it
-again would count it twice. Afterwards every key holds 1 (its call was admitted, or failed
-after running) or nothing (it failed before running), never 2.
+(the storages' own connections, and redis-py's when asked), a Cluster and a Sentinel-managed
+master (redis-py's). A kill that lands after the server ran a call's script and before its
+reply left loses the reply: the call fails (the script's count stays, as it should: it ran
+once). Sending it again would count it twice. Afterwards every key holds 1 (its call was
+admitted, or failed after running) or nothing (it failed before running), never 2.
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ from tests.storage.test_storage_contract import TEST_OPTIONS
 BATCH = 25  # concurrent calls at a time under asyncio: several waiting when a kill lands
 KILL_EVERY = 0.002
 # Calls per backend: enough for tens of kills to land between a script and its reply.
-CALLS = {"redis": 10_000, "cluster": 4_000, "sentinel": 4_000}
+CALLS = {"redis": 10_000, "redis-via-redis-py": 4_000, "cluster": 4_000, "sentinel": 4_000}
 SERVERS = {
     "redis": "redis_server_private",
+    "redis-via-redis-py": "redis_server_private",
     "cluster": "redis_cluster_clean",
     "sentinel": "redis_sentinel_clean",
 }
+# Options in the URI's query string: the single server through both script transports.
+QUERIES = {"redis-via-redis-py": "?transport=redis-py"}
 
 
 def _script_connections(admin: Any) -> list[int]:
@@ -128,16 +131,19 @@ def test_killed_connections_never_count_a_call_twice(
         backend, lambda: [server]
     )()
     calls = CALLS[backend]
+    url = server.url + QUERIES.get(backend, "")
     started = time.monotonic()
     with Killer(nodes, KILL_EVERY) as killer:
         if asynchronous:
-            admitted = asyncio.run(_async_calls(server.url, calls))
+            admitted = asyncio.run(_async_calls(url, calls))
         else:
-            admitted = _sync_calls(server.url, calls)
+            admitted = _sync_calls(url, calls)
     took = time.monotonic() - started
     counts = _counts(server, calls)
-    print(f"\n{backend}: {calls} calls in {took:.2f} s, {killer.kills} connections killed, "
-          f"{admitted.count(False)} calls failed, {counts.count(0)} not counted")
+    print(
+        f"\n{backend}: {calls} calls in {took:.2f} s, {killer.kills} connections killed, "
+        f"{admitted.count(False)} calls failed, {counts.count(0)} not counted"
+    )
     twice = [i for i, count in enumerate(counts) if count > 1]
     assert twice == [], f"{len(twice)} of {calls} calls counted twice ({killer.kills} kills)"
     # Every admitted call was counted, once.
@@ -180,4 +186,3 @@ def _kill_all(server: RedisServer) -> None:
         killed = [admin.client_kill_filter(_id=i) for i in _script_connections(admin)]
         assert sum(killed) >= 1
     time.sleep(0.05)  # the end of stream reaches the client's socket
-

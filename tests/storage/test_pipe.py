@@ -1,4 +1,4 @@
-"""The storages' script connections: ``_pipe.AsyncPipe`` (ASGI) and ``_sync_pipe.Pipe`` (WSGI).
+"""The storages' script connections: ``redis.apipe.AsyncPipe`` (ASGI), ``redis.pipe.Pipe`` (WSGI).
 
 The reply parser and the packing are checked on their own; everything about talking to
 Redis is checked against a real ``redis-server``.
@@ -22,10 +22,10 @@ from redis.exceptions import ResponseError
 
 from ratemw import StorageError
 from ratemw.storage import Hit
-from ratemw.storage._pipe import AsyncPipe
-from ratemw.storage._resp import ReplyReader, pack, pack_script, packed_head
-from ratemw.storage._sync_pipe import Pipe as SyncPipe
 from ratemw.storage.redis import SCRIPT, SCRIPT_SHA, AsyncRedisStorage, RedisStorage
+from ratemw.storage.redis.apipe import AsyncPipe
+from ratemw.storage.redis.pipe import Pipe as SyncPipe
+from ratemw.storage.redis.resp import ReplyReader, pack, pack_script, packed_head
 from tests.redis_servers import RedisServer
 from tests.storage.test_storage_contract import TEST_OPTIONS, key
 
@@ -245,8 +245,9 @@ async def test_a_late_reply_is_dropped_and_later_calls_get_their_own(
     # Two slow scripts back to back: the first answers at 150 ms (so the server is not
     # silent), the second would at 300 ms, after its 250 ms deadline. Its late answer must
     # be thrown away, not handed to the next call, and the connection kept.
-    pipe = AsyncPipe(redis_standalone_clean.address, {**TIMEOUTS, "socket_timeout": 0.25},
-                     tls=False)
+    pipe = AsyncPipe(
+        redis_standalone_clean.address, {**TIMEOUTS, "socket_timeout": 0.25}, tls=False
+    )
     try:
         first = asyncio.ensure_future(pipe.script(SLOW_SHA, SLOW, [key()], ["150", "1"]))
         await asyncio.sleep(0.02)
@@ -367,8 +368,9 @@ def test_a_new_connection_to_a_paused_server_costs_one_timeout(
     # deadline, socket_timeout: a generous socket_connect_timeout does not let the handshake
     # with a server that does not answer run past it (here it would wait out the pause).
     host, port = locked_server.address
-    storage = _storage(asynchronous, f"redis://:s3cret@{host}:{port}",
-                       socket_timeout=0.4, socket_connect_timeout=5)
+    storage = _storage(
+        asynchronous, f"redis://:s3cret@{host}:{port}", socket_timeout=0.4, socket_connect_timeout=5
+    )
     locked_server.pause(1.5)
     try:
         started = time.monotonic()

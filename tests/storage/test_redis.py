@@ -24,10 +24,10 @@ from ratemw.engine.hits import KeyHasher, storage_key
 from ratemw.engine.plans import key_tail
 from ratemw.policy.limits import parse_quotas
 from ratemw.storage import Hit, Usage
-from ratemw.storage._base import Batch
-from ratemw.storage._resp import evalsha_command
-from ratemw.storage._slots import Slots as _Slots
+from ratemw.storage.base import Batch
 from ratemw.storage.redis import SCRIPT_SHA, AsyncRedisStorage, RedisStorage
+from ratemw.storage.redis.pool import Slots as _Slots
+from ratemw.storage.redis.resp import evalsha_command
 from tests.redis_servers import RedisCluster, RedisSentinel, RedisServer
 from tests.storage.test_storage_contract import TEST_OPTIONS, key
 
@@ -39,8 +39,9 @@ def three_hits(tag: str = "caller", amount: int = 1_000) -> list[Hit]:
     return [
         Hit(f"ratemw:{{{tag}}}:/r:fw:{amount}/60", amount, WINDOW_MS, 1, "fixed-window"),
         Hit(f"ratemw:{{{tag}}}:/r:mw:{amount}/3600", amount, 3_600_000, 1, "moving-window"),
-        Hit(f"ratemw:{{{tag}}}:*:sw:{amount}/86400", amount, 86_400_000, 1,
-            "sliding-window-counter"),
+        Hit(
+            f"ratemw:{{{tag}}}:*:sw:{amount}/86400", amount, 86_400_000, 1, "sliding-window-counter"
+        ),
     ]
 
 
@@ -360,15 +361,18 @@ def test_concurrent_requests_across_slots_never_over_admit(
     user, address = _tags_on_two_slots(redis_cluster_clean)
     hits = _two_identity_hits(user, address, "fixed-window")
     # A second route of the same user, limited per address too but by a roomier quota.
-    other = [Hit(hits[0].key, 5, WINDOW_MS, 1, "fixed-window"),
-             Hit(f"ratemw:{{{address}}}:/s:x:50/60", 50, WINDOW_MS, 1, "fixed-window")]
+    other = [
+        Hit(hits[0].key, 5, WINDOW_MS, 1, "fixed-window"),
+        Hit(f"ratemw:{{{address}}}:/s:x:50/60", 50, WINDOW_MS, 1, "fixed-window"),
+    ]
 
     async def main() -> list[Any]:
         storage = AsyncRedisStorage(redis_cluster_clean.url, **TEST_OPTIONS)
         try:
             batches = [hits if i % 2 else other for i in range(60)]
-            return await asyncio.gather(*(storage.acquire(b) for b in batches),
-                                        return_exceptions=True)
+            return await asyncio.gather(
+                *(storage.acquire(b) for b in batches), return_exceptions=True
+            )
         finally:
             await storage.aclose()
 
@@ -393,8 +397,9 @@ def test_a_cold_async_cluster_storage_starts_once_under_concurrency(
         storage = AsyncRedisStorage(redis_cluster_clean.url, **TEST_OPTIONS)
         quota = [Hit(key("cold"), 37, WINDOW_MS, 1, "fixed-window")]
         try:
-            return await asyncio.gather(*(storage.acquire(quota) for _ in range(100)),
-                                        return_exceptions=True)
+            return await asyncio.gather(
+                *(storage.acquire(quota) for _ in range(100)), return_exceptions=True
+            )
         finally:
             await storage.aclose()
 
@@ -476,12 +481,17 @@ def test_sentinel_storage_follows_a_failover(redis_sentinel_clean: RedisSentinel
         pytest.param("http://localhost", {}, "'http'", id="unknown scheme"),
         pytest.param("redis://localhost", {"socket_timeuot": 1}, "socket_timeuot", id="typo"),
         pytest.param("redis://localhost", {"socket_timeout": "fast"}, "'fast'", id="bad number"),
-        pytest.param("redis://localhost", {"max_connections": 0}, "max_connections=0",
-                     id="zero connections"),
+        pytest.param(
+            "redis://localhost", {"max_connections": 0}, "max_connections=0", id="zero connections"
+        ),
         pytest.param("redis://localhost?max_connections=lots", {}, "'lots'", id="bad query"),
         pytest.param("redis://localhost?colour=red", {}, "colour", id="unknown query option"),
-        pytest.param("redis://localhost", {"ssl_ca_certs": "/ca.pem"}, "rediss://",
-                     id="TLS option without TLS"),
+        pytest.param(
+            "redis://localhost",
+            {"ssl_ca_certs": "/ca.pem"},
+            "rediss://",
+            id="TLS option without TLS",
+        ),
     ],
 )
 def test_bad_uris_and_options_are_refused_naming_the_value(
@@ -565,8 +575,9 @@ def test_unix_socket(unix_socket_server: tuple[RedisServer, str]) -> None:
 
 
 def test_sync_storage_is_safe_across_threads(redis_standalone_clean: RedisServer) -> None:
-    storage = RedisStorage(redis_standalone_clean.url, max_connections=4, pool_timeout=5,
-                           **TEST_OPTIONS)
+    storage = RedisStorage(
+        redis_standalone_clean.url, max_connections=4, pool_timeout=5, **TEST_OPTIONS
+    )
     quota = [Hit(key(), 40, WINDOW_MS, 1, "moving-window")]
     admitted: list[bool] = []
     errors: list[BaseException] = []
@@ -686,8 +697,13 @@ def test_a_call_that_waited_behind_a_failed_one_fails_without_being_sent(
     # connection meanwhile, is handed it and fails at once instead of paying a timeout of its
     # own. C, which takes the connection without waiting once the server answers, succeeds.
     server = redis_server_private
-    storage = RedisStorage(server.url, max_connections=1, pool_timeout=5, socket_timeout=0.5,
-                           socket_connect_timeout=0.5)
+    storage = RedisStorage(
+        server.url,
+        max_connections=1,
+        pool_timeout=5,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+    )
     hits = [Hit(key(), 10, WINDOW_MS, 1, "fixed-window")]
     outcomes: dict[str, tuple[float, BaseException | None]] = {}
 

@@ -28,9 +28,10 @@ from redis.exceptions import ResponseError
 from ratemw import StorageError
 from ratemw.errors import StorageCallError
 from ratemw.storage import Hit
-from ratemw.storage._redis_script import UnfitReply, call_fault, parse_reply
-from ratemw.storage._resp import ReplyReader
 from ratemw.storage.redis import AsyncRedisStorage, RedisStorage
+from ratemw.storage.redis.faults import call_fault
+from ratemw.storage.redis.resp import ReplyReader
+from ratemw.storage.redis.script import UnfitReply, parse_reply
 from tests._tcp_proxy import TCPProxy
 from tests.redis_servers import RedisServer
 from tests.storage.test_storage_contract import TEST_OPTIONS, key
@@ -75,8 +76,9 @@ CALLS = 2_000
 STRAYS_AT = (50, 500, 1_000, 1_500)
 
 
+@pytest.mark.parametrize("transport", ["pipe", "redis-py"])
 def test_a_stray_reply_never_reaches_another_call(
-    asynchronous: bool, redis_standalone_clean: RedisServer
+    asynchronous: bool, redis_standalone_clean: RedisServer, transport: str
 ) -> None:
     # Before each call in STRAYS_AT the proxy keeps a copy of the server's answer to it and
     # delivers that copy again just ahead of the answer to the next call: one extra reply,
@@ -86,7 +88,7 @@ def test_a_stray_reply_never_reaches_another_call(
     # another's numbers, and every call after the last stray is answered right.
     outcomes: list[str] = []
     with TCPProxy(redis_standalone_clean.address) as proxy:
-        store = Store(asynchronous, proxy.url)
+        store = Store(asynchronous, proxy.url, transport=transport)
         try:
             for i in range(CALLS):
                 if i in STRAYS_AT:
@@ -197,17 +199,24 @@ def _token(args: list[bytes]) -> int:
 # What the stand-in answers an EVALSHA of one hit with, and what the storage must raise.
 MALFORMED = [
     pytest.param(lambda a: _ints(1, _token(a)), StorageCallError, id="too short"),
-    pytest.param(lambda a: _ints(1, 9, 100, 0, 5, 7, 1, _token(a)), StorageCallError,
-                 id="too long"),
-    pytest.param(lambda a: b"*6\r\n$1\r\n1\r\n$1\r\n9\r\n$3\r\n100\r\n$1\r\n0\r\n:5\r\n:%d\r\n"
-                 % _token(a), StorageCallError, id="strings, not integers"),
+    pytest.param(
+        lambda a: _ints(1, 9, 100, 0, 5, 7, 1, _token(a)), StorageCallError, id="too long"
+    ),
+    pytest.param(
+        lambda a: b"*6\r\n$1\r\n1\r\n$1\r\n9\r\n$3\r\n100\r\n$1\r\n0\r\n:5\r\n:%d\r\n" % _token(a),
+        StorageCallError,
+        id="strings, not integers",
+    ),
     pytest.param(lambda a: _ints(7, 9, 100, 0, 5, _token(a)), StorageCallError, id="fits is 7"),
-    pytest.param(lambda a: _ints(0, 9, 100, -5, 5, _token(a)), StorageCallError,
-                 id="wait below -1"),
-    pytest.param(lambda a: _ints(1, 9, -100, 0, 5, _token(a)), StorageCallError,
-                 id="negative reset"),
-    pytest.param(lambda a: _ints(1, 9, 100, 0, 5, _token(a) + 1), StorageError,
-                 id="another call's token"),
+    pytest.param(
+        lambda a: _ints(0, 9, 100, -5, 5, _token(a)), StorageCallError, id="wait below -1"
+    ),
+    pytest.param(
+        lambda a: _ints(1, 9, -100, 0, 5, _token(a)), StorageCallError, id="negative reset"
+    ),
+    pytest.param(
+        lambda a: _ints(1, 9, 100, 0, 5, _token(a) + 1), StorageError, id="another call's token"
+    ),
     pytest.param(lambda a: b":5\r\n", StorageError, id="an integer"),
     pytest.param(lambda a: b"$-1\r\n", StorageError, id="nil"),
     pytest.param(lambda a: b"*0\r\n", StorageError, id="empty list"),
@@ -294,42 +303,88 @@ def test_parse_reply_reads_what_fits() -> None:
 @pytest.mark.parametrize(
     ("error", "the_calls"),
     [
-        pytest.param(ResponseError("ERR ratemw: hit 1: cost is not a whole number"), True,
-                     id="refused argument"),
+        pytest.param(
+            ResponseError("ERR ratemw: hit 1: cost is not a whole number"),
+            True,
+            id="refused argument",
+        ),
         pytest.param(ResponseError("ratemw: hit 1: bad"), True, id="refused, ERR stripped"),
-        pytest.param(ResponseError("ERR user_script:90: attempt to compare nil with number "
-                                   "script: 0a1b, on @user_script:90."), True, id="Lua error"),
-        pytest.param(ResponseError("WRONGTYPE Operation against a key holding the wrong kind "
-                                   "of value script: 0a1b, on @user_script:54."), True,
-                     id="wrong type"),
-        pytest.param(ResponseError("CROSSSLOT Keys in request don't hash to the same slot"), True,
-                     id="cross slot"),
-        pytest.param(ResponseError("OOM command not allowed when used memory > 'maxmemory'. "
-                                   "script: 0a1b, on @user_script:54."), False, id="OOM"),
-        pytest.param(ResponseError("READONLY You can't write against a read only replica. "
-                                   "script: 0a1b, on @user_script:54."), False, id="READONLY"),
+        pytest.param(
+            ResponseError(
+                "ERR user_script:90: attempt to compare nil with number "
+                "script: 0a1b, on @user_script:90."
+            ),
+            True,
+            id="Lua error",
+        ),
+        pytest.param(
+            ResponseError(
+                "WRONGTYPE Operation against a key holding the wrong kind "
+                "of value script: 0a1b, on @user_script:54."
+            ),
+            True,
+            id="wrong type",
+        ),
+        pytest.param(
+            ResponseError("CROSSSLOT Keys in request don't hash to the same slot"),
+            True,
+            id="cross slot",
+        ),
+        pytest.param(
+            ResponseError(
+                "OOM command not allowed when used memory > 'maxmemory'. "
+                "script: 0a1b, on @user_script:54."
+            ),
+            False,
+            id="OOM",
+        ),
+        pytest.param(
+            ResponseError(
+                "READONLY You can't write against a read only replica. "
+                "script: 0a1b, on @user_script:54."
+            ),
+            False,
+            id="READONLY",
+        ),
         pytest.param(ResponseError("BUSY Redis is busy running a script."), False, id="BUSY"),
-        pytest.param(ResponseError("LOADING Redis is loading the dataset in memory"), False,
-                     id="LOADING"),
+        pytest.param(
+            ResponseError("LOADING Redis is loading the dataset in memory"), False, id="LOADING"
+        ),
         pytest.param(ResponseError("CLUSTERDOWN The cluster is down"), False, id="CLUSTERDOWN"),
-        pytest.param(ResponseError("TRYAGAIN Multiple keys request during rehashing of slot"),
-                     False, id="TRYAGAIN"),
+        pytest.param(
+            ResponseError("TRYAGAIN Multiple keys request during rehashing of slot"),
+            False,
+            id="TRYAGAIN",
+        ),
         pytest.param(ResponseError("MASTERDOWN Link with MASTER is down"), False, id="MASTERDOWN"),
-        pytest.param(ResponseError("NOREPLICAS Not enough good replicas to write."), False,
-                     id="NOREPLICAS"),
+        pytest.param(
+            ResponseError("NOREPLICAS Not enough good replicas to write."), False, id="NOREPLICAS"
+        ),
         pytest.param(ResponseError("MOVED 3999 127.0.0.1:6381"), False, id="MOVED"),
         pytest.param(ResponseError("ERR unknown command 'EVALSHA'"), False, id="no scripting"),
-        pytest.param(ResponseError("ERR Error running script (call to f_0a1b): @user_script:1: "
-                                   "Script killed by user with SCRIPT KILL..."), False,
-                     id="script killed (Redis 6)"),
-        pytest.param(redis.exceptions.ReadOnlyError("You can't write"), False,
-                     id="redis-py ReadOnlyError"),
-        pytest.param(redis.exceptions.ClusterDownError("The cluster is down"), False,
-                     id="redis-py ClusterDownError"),
+        pytest.param(
+            ResponseError(
+                "ERR Error running script (call to f_0a1b): @user_script:1: "
+                "Script killed by user with SCRIPT KILL..."
+            ),
+            False,
+            id="script killed (Redis 6)",
+        ),
+        pytest.param(
+            redis.exceptions.ReadOnlyError("You can't write"), False, id="redis-py ReadOnlyError"
+        ),
+        pytest.param(
+            redis.exceptions.ClusterDownError("The cluster is down"),
+            False,
+            id="redis-py ClusterDownError",
+        ),
         pytest.param(redis.ConnectionError("Connection refused"), False, id="connection"),
         pytest.param(redis.TimeoutError("Timeout reading"), False, id="timeout"),
-        pytest.param(redis.exceptions.ClusterCrossSlotError("CROSSSLOT"), True,
-                     id="redis-py ClusterCrossSlotError"),
+        pytest.param(
+            redis.exceptions.ClusterCrossSlotError("CROSSSLOT"),
+            True,
+            id="redis-py ClusterCrossSlotError",
+        ),
     ],
 )
 def test_call_faults_are_told_from_outages(error: BaseException, the_calls: bool) -> None:

@@ -52,8 +52,7 @@ INVALID = [
     bad("negative burst", strategy="gcra", burst=-1, words="burst"),
     bad("unknown strategy", strategy="leaky", words="leaky"),
     bad("negative cost, moving window", cost=-2, strategy="moving-window", words="cost"),
-    bad("negative cost, sliding window", cost=-2, strategy="sliding-window-counter",
-        words="cost"),
+    bad("negative cost, sliding window", cost=-2, strategy="sliding-window-counter", words="cost"),
     bad("negative cost, gcra", cost=-2, strategy="gcra", words="cost"),
 ]
 # Hits Redis cannot count exactly (Lua's doubles, Redis's TTLs); memory can.
@@ -61,12 +60,27 @@ TOO_LARGE = [
     bad("amount of 2^53", amount=2**53, words="amount"),
     bad("window of 100 million years", window_ms=100_000_000 * YEAR_MS, words="window"),
     bad("window of 2^51 + 1 ms", window_ms=2**51 + 1, words="window"),
-    bad("sliding window of a billion a day", amount=10**9, window_ms=86_400_000,
-        strategy="sliding-window-counter", words="amount x window"),
-    bad("gcra of a billion a day", amount=10**9, window_ms=86_400_000, strategy="gcra",
-        words="burst x window"),
-    bad("gcra burst too large for its window", burst=10**8, window_ms=10**8, strategy="gcra",
-        words="burst"),
+    bad(
+        "sliding window of a billion a day",
+        amount=10**9,
+        window_ms=86_400_000,
+        strategy="sliding-window-counter",
+        words="amount x window",
+    ),
+    bad(
+        "gcra of a billion a day",
+        amount=10**9,
+        window_ms=86_400_000,
+        strategy="gcra",
+        words="burst x window",
+    ),
+    bad(
+        "gcra burst too large for its window",
+        burst=10**8,
+        window_ms=10**8,
+        strategy="gcra",
+        words="burst",
+    ),
     bad("cost with spaces", cost="1 1 1 1", words="is not"),
 ]
 
@@ -130,8 +144,11 @@ def test_memory_refuses_a_hit_it_cannot_count_and_keeps_its_table(hit: Hit, word
         pytest.param(["acquire 0", "fw 5 6e4 1 1 0", "7"], "window", id="window 6e4"),
         pytest.param(["acquire 0", "cc 5 60000 1 1 ", "7"], "token", id="no concurrency token"),
         pytest.param(["refund 0", "fw 5 60000 -1 1 0", "7"], "cost", id="refund, negative cost"),
-        pytest.param(["refund 0", "fw 5 60000 99999999999999999999 1 0", "7"], "cost",
-                     id="refund of a cost that cannot have been counted"),
+        pytest.param(
+            ["refund 0", "fw 5 60000 99999999999999999999 1 0", "7"],
+            "cost",
+            id="refund of a cost that cannot have been counted",
+        ),
     ],
 )
 def test_the_script_names_the_argument_it_refuses(
@@ -195,8 +212,9 @@ def test_one_key_counted_by_two_strategies_is_refused_before_any_write(
     with redis_standalone_clean.client() as client:
         client.script_load(SCRIPT)
         with pytest.raises(redis.ResponseError, match="counted by 'fw' too"):
-            client.evalsha(SCRIPT_SHA, 2, name, name, "acquire 0", "fw 5 60000 1 1 0",
-                           "mw 5 60000 1 1 0", "7")
+            client.evalsha(
+                SCRIPT_SHA, 2, name, name, "acquire 0", "fw 5 60000 1 1 0", "mw 5 60000 1 1 0", "7"
+            )
     assert _keys(redis_standalone_clean) == {}
 
 

@@ -1,9 +1,12 @@
 """One table of correctness tests for every storage: memory, Redis, Redis Cluster, Sentinel.
 
 Each test runs on the sync and the async face of each backend (``store`` is parametrized),
-on real time and real servers. Windows are 1-2 s and amounts small; nothing asserts an exact
-millisecond taken from real time: durations are bounded from both sides instead, allowing for
-the time that passes between calls on a loaded machine.
+on real time and real servers. A single Redis server is driven through both script
+transports: ratemw's own connections (``redis``, ``transport="pipe"``, the default) and
+redis-py's client (``redis-via-redis-py``, ``transport="redis-py"``, the reference). Windows
+are 1-2 s and amounts small; nothing asserts an exact millisecond taken from real time:
+durations are bounded from both sides instead, allowing for the time that passes between
+calls on a loaded machine.
 """
 
 from __future__ import annotations
@@ -52,8 +55,11 @@ class Face:
     def peek(self, hits: Sequence[Hit]) -> list[Usage]:
         return self._do(self.storage.peek(hits))  # type: ignore[no-any-return]
 
-    def clear(self, key: str) -> None:
-        self._do(self.storage.clear(key))
+    def clear(self, key: str) -> bool:
+        return self._do(self.storage.clear(key))  # type: ignore[no-any-return]
+
+    def exists(self, keys: Sequence[str]) -> int:
+        return self._do(self.storage.exists(keys))  # type: ignore[no-any-return]
 
     def reset(self) -> None:
         self._do(self.storage.reset())
@@ -77,9 +83,12 @@ class Face:
 BACKENDS = {
     "memory": None,
     "redis": "redis_standalone_clean",
+    "redis-via-redis-py": "redis_standalone_clean",
     "cluster": "redis_cluster_clean",
     "sentinel": "redis_sentinel_clean",
 }
+# The script transport of each Redis backend (a single server has both).
+TRANSPORTS = {"redis": "pipe", "redis-via-redis-py": "redis-py"}
 
 
 def open_face(request: pytest.FixtureRequest, backend: str, asynchronous: bool) -> Face:
@@ -91,10 +100,13 @@ def open_face(request: pytest.FixtureRequest, backend: str, asynchronous: bool) 
             return Face(AsyncMemoryStorage(memory), asyncio.new_event_loop(), name)
         return Face(memory, None, name)
     server = request.getfixturevalue(BACKENDS[backend])
+    options: dict[str, Any] = {**TEST_OPTIONS}
+    if backend in TRANSPORTS:
+        options["transport"] = TRANSPORTS[backend]
     if asynchronous:
         loop = asyncio.new_event_loop()
-        return Face(AsyncRedisStorage(server.url, **TEST_OPTIONS), loop, name)
-    return Face(RedisStorage(server.url, **TEST_OPTIONS), None, name)
+        return Face(AsyncRedisStorage(server.url, **options), loop, name)
+    return Face(RedisStorage(server.url, **options), None, name)
 
 
 FACES = [
@@ -238,6 +250,19 @@ def test_clear_forgets_one_key_and_reset_everything(store: Face, strategy: str) 
 
 
 @strategies
+def test_clear_and_exists_say_whether_anything_is_counted(store: Face, strategy: str) -> None:
+    counted, other = hit(key("counted"), strategy), hit(key("never"), strategy)
+    assert store.exists([counted.key, other.key]) == 0
+    assert store.clear(counted.key) is False  # nothing matched: said so
+    assert store.acquire([counted])[0].fits
+    assert store.exists([counted.key, other.key]) == 1
+    assert store.exists([]) == 0
+    assert store.clear(counted.key) is True
+    assert store.exists([counted.key]) == 0
+    assert store.clear(counted.key) is False
+
+
+@strategies
 def test_a_refund_gives_the_units_back(store: Face, strategy: str) -> None:
     quota = hit(key(), strategy, amount=2)
     first = store.acquire([quota])[0]
@@ -286,7 +311,7 @@ def test_sync_and_async_twins_have_the_same_public_methods(sync: type, asynchron
     assert _public_methods(sync) - {"close"} <= _public_methods(asynchronous)
     redis_twins = {n for n in _public_methods(asynchronous) if n != "close"}
     assert redis_twins <= _public_methods(sync)
-    for name in ("acquire", "peek", "refund", "release", "check", "clear", "reset"):
+    for name in ("acquire", "peek", "refund", "release", "check", "exists", "clear", "reset"):
         assert inspect.iscoroutinefunction(getattr(asynchronous, name)), name
         assert not inspect.iscoroutinefunction(getattr(sync, name)), name
     assert inspect.iscoroutinefunction(asynchronous.aclose)

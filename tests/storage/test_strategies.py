@@ -185,8 +185,7 @@ def test_concurrency_slots_are_released_and_lapse() -> None:
     storage = MemoryStorage(clock=clock)
 
     def slot(token: str) -> Hit:
-        return Hit(key="c", amount=2, window_ms=30_000, cost=1, strategy="concurrency",
-                   token=token)
+        return Hit(key="c", amount=2, window_ms=30_000, cost=1, strategy="concurrency", token=token)
 
     assert storage.acquire([slot("a")])[0].fits
     assert storage.acquire([slot("b")])[0].remaining == 0

@@ -16,6 +16,17 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ratemw._redact import redact_uri
 from ratemw.errors import ConfigurationError
 
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "OPTIONS",
+    "SCHEMES",
+    "TRANSPORTS",
+    "RedisConfig",
+    "parse",
+    "validate",
+]
+
+# The Redis storage's URI schemes (``storage_scheme`` in ``ratemw.storage`` reads them here).
 SCHEMES = frozenset(
     f"{base}{suffix}"
     for base in ("redis", "valkey")
@@ -53,6 +64,18 @@ def _flag(value: Any) -> bool:
     raise ValueError(value)
 
 
+# How the per-request script reaches Redis (``transport.py``): ratemw's own connections, or
+# redis-py's client. Cluster and Sentinel need redis-py's topology: only "redis-py" serves them.
+TRANSPORTS = ("pipe", "redis-py")
+_SINGLE = ("single", "unix")
+
+
+def _transport(value: Any) -> str:
+    if value not in TRANSPORTS:
+        raise ValueError(value)
+    return str(value)
+
+
 def _cert_reqs(value: Any) -> str:
     text = str(value).strip().lower()
     if text not in ("none", "optional", "required"):
@@ -78,6 +101,7 @@ OPTIONS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "ssl_ca_certs": (str, "a file path"),
     "ssl_cert_reqs": (_cert_reqs, "'none', 'optional' or 'required'"),
     "ssl_check_hostname": (_flag, "true or false"),
+    "transport": (_transport, "'pipe' (ratemw's own connections) or 'redis-py'"),
 }
 # 0.1 s: an unhealthy server costs a request at most a tenth of a second (and nothing once
 # the limiter's circuit breaker is open), while a healthy one on a busy host never times out.
@@ -94,7 +118,13 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "max_connections": 16,
     "blocked_cache_size": 10_000,
 }
-_OURS = ("pool_timeout", "blocked_cache_size", "sentinel_username", "sentinel_password")
+_OURS = (
+    "pool_timeout",
+    "blocked_cache_size",
+    "sentinel_username",
+    "sentinel_password",
+    "transport",
+)
 
 
 # -- URIs and options ------------------------------------------------------------------------
@@ -110,6 +140,21 @@ class RedisConfig:
     hosts: list[tuple[str, int]]
     path: str  # the socket path ("unix"), the service name ("sentinel")
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def transport(self) -> str:
+        """How scripts reach Redis: ``"pipe"`` or ``"redis-py"`` (see ``TRANSPORTS``)."""
+        return str(self.options["transport"])
+
+    @property
+    def single(self) -> bool:
+        """One server, over TCP, TLS or a Unix socket (not a Cluster, not Sentinel)."""
+        return self.kind in _SINGLE
+
+    @property
+    def address(self) -> tuple[str, int] | str:
+        """Where a single server listens: ``(host, port)``, or its socket path."""
+        return self.path if self.kind == "unix" else self.hosts[0]
 
     @property
     def safe_uri(self) -> str:
@@ -187,7 +232,7 @@ def parse(uri: str, options: dict[str, Any] | None = None) -> RedisConfig:
     if scheme.endswith("+unix"):
         if not parts.path:
             raise _bad(uri, "no socket path, e.g. 'redis+unix:///run/redis.sock'")
-        return RedisConfig(uri, "unix", False, [], parts.path, merged)
+        return RedisConfig(uri, "unix", False, [], parts.path, _transport_for(uri, "unix", merged))
     kind = scheme.split("+")[1] if "+" in scheme else "single"
     hosts = _hosts(uri, parts.netloc, 26379 if kind == "sentinel" else 6379)
     if kind == "sentinel":
@@ -205,7 +250,21 @@ def parse(uri: str, options: dict[str, Any] | None = None) -> RedisConfig:
         merged.setdefault("db", int(db))
     if kind == "single" and len(hosts) > 1:
         raise _bad(uri, "several hosts: use redis+cluster:// or redis+sentinel://")
-    return RedisConfig(uri, kind, tls, hosts, path, merged)
+    return RedisConfig(uri, kind, tls, hosts, path, _transport_for(uri, kind, merged))
+
+
+def _transport_for(uri: str, kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the transport settled: ``"pipe"`` for a single server unless asked
+    otherwise, ``"redis-py"`` for Cluster and Sentinel (the only one that serves them)."""
+    chosen = options.setdefault("transport", "pipe" if kind in _SINGLE else "redis-py")
+    if chosen == "pipe" and kind not in _SINGLE:
+        raise _bad(
+            uri,
+            f"transport 'pipe' serves a single server (redis://, rediss://, redis+unix://); "
+            f"a {kind} deployment's scripts go through redis-py: leave transport out or set "
+            "it to 'redis-py'",
+        )
+    return options
 
 
 def validate(uri: str, options: dict[str, Any]) -> None:

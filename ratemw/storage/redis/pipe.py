@@ -1,11 +1,12 @@
-"""Script calls to one Redis server over plain blocking sockets, for the sync storage (WSGI).
+"""Script calls to one Redis server over plain blocking sockets: the sync storage's ``"pipe"``
+transport (WSGI).
 
-The twin of ``_pipe.AsyncPipe``. A WSGI server runs one request per thread, so there is
-nothing to pipeline: a call takes an idle connection (or opens one), writes its command,
-reads its reply and puts the connection back. What redis-py's client adds to that round trip
-(about 60 µs per command on a 2-core machine, where the round trip itself costs about as
-much) is left out; the storage still caps the calls in flight at ``max_connections`` and so
-the idle connections kept.
+The twin of ``apipe.AsyncPipe``; what goes on the wire is ``endpoint.py``'s. A WSGI server
+runs one request per thread, so there is nothing to pipeline: a call takes an idle connection
+(or opens one), writes its command, reads its reply and puts the connection back. What
+redis-py's client adds to that round trip (about 60 µs per command on a 2-core machine, where
+the round trip itself costs about as much) is left out; the storage still caps the calls in
+flight at ``max_connections`` and so the idle connections kept.
 
 One deadline per call, ``socket_timeout``, covers everything it waits for: opening a
 connection, its handshake (TLS, ``AUTH``, ``SELECT``) and the reply. A connection that timed
@@ -18,7 +19,7 @@ timeout) polls readable with the end of the stream, and is replaced by a new one
 anything is written. Only a command the socket refused outright (nothing written) is sent
 again, once, on a new connection.
 
-Replies are matched to calls by the token each script call carries (``_resp.py``). A
+Replies are matched to calls by the token each script call carries (``endpoint.py``). A
 connection that answers a call with a reply that is not its own, holds bytes nobody asked for
 after a reply, or has something to say while idle is out of step with its calls: it is
 closed, never reused, and the call fails rather than take another call's answer.
@@ -37,20 +38,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from redis.exceptions import ResponseError
 
-from ratemw.storage._resp import (
-    Endpoint,
-    answers,
-    check_handshake,
-    eval_command,
+from ratemw.storage.redis.endpoint import Endpoint, check_handshake, matches
+from ratemw.storage.redis.resp import (
+    TOKEN_ARG,
     evalsha_command,
     lost_script,
     new_reader,
-    new_tokens,
     script_result,
-    token_arg,
 )
+
+__all__ = ["Pipe"]
 
 _READ_SIZE = 65536
 
@@ -92,8 +90,12 @@ class _Link:
         return not self._reader.has_data()
 
     def call(self, commands: bytes, replies: int, deadline: float) -> list[Any]:
-        """Write ``commands``; read ``replies`` replies, all before ``deadline``."""
+        """Write ``commands``; read ``replies`` replies, all before ``deadline``.
+
+        The connection holds no unread bytes when a call starts (``reusable``, ``clean``).
+        """
         sock = self.sock
+        reader = self._reader
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.0001))
             try:
@@ -104,22 +106,23 @@ class _Link:
                 raise _NotSent(f"Error writing to Redis {self.label}: {exc}") from exc
             if sent < len(commands):
                 sock.sendall(memoryview(commands)[sent:])
+                sock.settimeout(max(deadline - time.monotonic(), 0.0001))
             found: list[Any] = []
+            # The first read waits as long as the write could (a command is written at once):
+            # the timeout set for it is the rest of the deadline.
             while True:
-                reply = self._reader.gets()
-                if reply is not False:
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    raise redis.ConnectionError(f"Redis {self.label} closed the connection")
+                reader.feed(data)
+                while (reply := reader.gets()) is not False:
                     found.append(reply)
                     if len(found) == replies:
                         return found
-                    continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError
                 sock.settimeout(remaining)
-                data = sock.recv(_READ_SIZE)
-                if not data:
-                    raise redis.ConnectionError(f"Redis {self.label} closed the connection")
-                self._reader.feed(data)
         except redis.ConnectionError:
             raise
         except TimeoutError:  # socket.timeout is TimeoutError since Python 3.10
@@ -133,7 +136,8 @@ class _Link:
 
 
 class Pipe(Endpoint):
-    """Script calls to one server over blocking connections, one call per connection at a time.
+    """Script calls to one server over blocking connections, one call per connection at a time
+    (a ``ScriptTransport``).
 
     Args:
         address: ``(host, port)``, or a Unix socket path.
@@ -145,7 +149,6 @@ class Pipe(Endpoint):
         super().__init__(address, options, tls)
         self._idle: deque[_Link] = deque()  # append and pop are atomic: no lock needed
         self._pid = os.getpid()
-        self._tokens = new_tokens()
 
     def script(
         self,
@@ -153,22 +156,19 @@ class Pipe(Endpoint):
         text: str,
         keys: Sequence[str],
         args: Sequence[str],
-        command: bytes | None = None,
+        packed: bytes | None = None,
     ) -> Any:
-        """``EVALSHA`` (``EVAL`` if the server lost the script), within one timeout.
-
-        ``command``: the ``EVALSHA`` already packed (``evalsha_command``), if at hand. The
-        script takes the call's token as its last argument and ends its reply with it.
-        """
+        """``transport.ScriptTransport.script``, within one timeout."""
         deadline = time.monotonic() + self.timeout
+        # The call's EVALSHA and token, as endpoint.py has it (inlined: this runs per request).
         token = next(self._tokens)
-        command = (command or evalsha_command(sha, keys, args)) + token_arg(token)
+        command = (packed or evalsha_command(sha, keys, args)) + TOKEN_ARG % token
         reply = self._call(command, token, deadline)
         if type(reply) is list:
             return reply
         if lost_script(reply):
-            token = next(self._tokens)
-            reply = self._call(eval_command(text, keys, args) + token_arg(token), token, deadline)
+            command, token = self.loading_call(text, keys, args)
+            reply = self._call(command, token, deadline)
         return script_result(reply)
 
     def _call(self, command: bytes, token: int, deadline: float) -> Any:
@@ -186,13 +186,9 @@ class Pipe(Endpoint):
             except BaseException:
                 link.close()
                 raise
-            # An error reply carries no token; any other reply must carry this call's.
-            if not answers(reply, token) and not isinstance(reply, ResponseError):
+            if not matches(reply, token):
                 link.close()
-                raise redis.ConnectionError(
-                    f"Protocol error: Redis {self.where} answered with a reply that is not this "
-                    "call's (the connection was out of step and is closed)"
-                )
+                raise self.out_of_step()
             if link.clean():
                 self._idle.append(link)
             else:  # more than was asked for arrived: out of step from here on
@@ -216,14 +212,14 @@ class Pipe(Endpoint):
         try:
             sock = self._dial(timeout)
         except TimeoutError:
-            raise redis.TimeoutError(f"Timeout connecting to Redis {self.where}") from None
+            raise self.connect_timeout_error() from None
         except OSError as exc:
-            raise redis.ConnectionError(f"Error connecting to Redis {self.where}: {exc}") from exc
+            raise self.connect_error(exc) from exc
         link = _Link(sock, self.where)
         if self._handshake:
             try:
-                check_handshake(link.call(b"".join(self._handshake), len(self._handshake),
-                                          deadline))
+                commands = b"".join(self._handshake)
+                check_handshake(link.call(commands, len(self._handshake), deadline))
                 if not link.clean():
                     raise redis.ConnectionError(
                         f"Protocol error: Redis {self.where} answered more than the set-up asked"

@@ -1,7 +1,7 @@
-"""Just enough RESP2 for the storage's fast lanes: packing commands, parsing replies.
+"""Just enough RESP2 for ratemw's own script connections: packing commands, parsing replies,
+call tokens.
 
-Shared by the async (``_pipe.py``) and sync (``_sync_pipe.py``) script connections, with what
-both need to open one: the TLS context and the handshake.
+Shared by the sync (``pipe.py``) and async (``apipe.py``) pipes, through ``endpoint.py``.
 
 **Call tokens.** Every script call ends with one more argument, a token the script echoes as
 the last element of its reply (``acquire.lua``: ``ARGV[#KEYS + 2]``). A reply is matched to
@@ -15,12 +15,13 @@ fresh token appended (``token_arg``): 16 digits, so every token packs to the sam
 from __future__ import annotations
 
 import itertools
-import ssl
 from collections.abc import Sequence
 from typing import Any
 
 import redis
-from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
+
+from ratemw._bounded import Bounded
 
 _hiredis: Any
 try:  # the C parser redis-py uses too, when installed
@@ -119,8 +120,9 @@ def pack_script(head: str, count: int, keys: Sequence[str], args: Sequence[str])
     The common case, ASCII text, is packed as one string and encoded once: this runs on
     every request.
     """
-    parts = [f"*{count + len(keys) + len(args) + 1}\r\n{head}${len(str(len(keys)))}\r\n"
-             f"{len(keys)}\r\n"]
+    parts = [
+        f"*{count + len(keys) + len(args) + 1}\r\n{head}${len(str(len(keys)))}\r\n{len(keys)}\r\n"
+    ]
     for arg in (*keys, *args):
         parts.append(f"${len(arg)}\r\n{arg}\r\n")
     text = "".join(parts)
@@ -138,7 +140,8 @@ def packed_head(*args: str) -> str:
     return "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
 
 
-_EVALSHA_HEADS: dict[str, str] = {}  # one per script SHA: a handful at most
+# One per script SHA: a handful at most (the storage's script, any a test sends).
+_EVALSHA_HEADS: Bounded[str, str] = Bounded(64)
 
 # Tokens have 16 digits (10^15 up to 2^53 - 1, what the script counts exactly).
 TOKEN_BASE = 10**15
@@ -149,9 +152,12 @@ def new_tokens() -> itertools.count[int]:
     return itertools.count(TOKEN_BASE)
 
 
+TOKEN_ARG = b"$16\r\n%d\r\n"  # a token, packed: ``TOKEN_ARG % token``
+
+
 def token_arg(token: int) -> bytes:
     """The last argument of a script call: its token, packed."""
-    return b"$16\r\n%d\r\n" % token
+    return TOKEN_ARG % token
 
 
 def answers(reply: Any, token: int) -> bool:
@@ -160,11 +166,8 @@ def answers(reply: Any, token: int) -> bool:
 
 
 def evalsha_command(sha: str, keys: Sequence[str], args: Sequence[str]) -> bytes:
-    """``EVALSHA sha numkeys keys... args... token``, packed but for the token (``token_arg``).
-    """
-    head = _EVALSHA_HEADS.get(sha)
-    if head is None:
-        head = _EVALSHA_HEADS[sha] = packed_head("EVALSHA", sha)
+    """``EVALSHA sha numkeys keys... args...``, packed but for the token (``token_arg``)."""
+    head = _EVALSHA_HEADS.get(sha) or _EVALSHA_HEADS.put(sha, packed_head("EVALSHA", sha))
     return pack_script(head, 3, keys, args)
 
 
@@ -184,61 +187,3 @@ def script_result(reply: Any) -> Any:
     if isinstance(reply, ResponseError):
         raise NoScriptError(str(reply)) if lost_script(reply) else reply
     return reply
-
-
-def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
-    """An SSL context from the storage's ``ssl_*`` options (redis-py's defaults)."""
-    context = ssl.create_default_context()
-    cert_reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}.get(
-        options.get("ssl_cert_reqs", "required"), ssl.CERT_REQUIRED
-    )
-    context.check_hostname = cert_reqs != ssl.CERT_NONE and options.get(
-        "ssl_check_hostname", True
-    )
-    context.verify_mode = cert_reqs
-    if options.get("ssl_certfile") or options.get("ssl_keyfile"):
-        context.load_cert_chain(options.get("ssl_certfile", ""), options.get("ssl_keyfile"))
-    if options.get("ssl_ca_certs"):
-        context.load_verify_locations(cafile=options["ssl_ca_certs"])
-    return context
-
-
-def handshake(options: dict[str, Any]) -> list[list[str]]:
-    commands = []
-    if options.get("password") is not None:
-        username = options.get("username")
-        credentials = [username, options["password"]] if username else [options["password"]]
-        commands.append(["AUTH", *credentials])
-    if options.get("db"):
-        commands.append(["SELECT", str(options["db"])])
-    return commands
-
-
-
-
-def check_handshake(replies: Sequence[Any]) -> None:
-    """Raise what the server said, if it refused the handshake."""
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            text = str(reply)
-            if "WRONGPASS" in text or "NOAUTH" in text or "invalid password" in text:
-                raise AuthenticationError(text)
-            raise redis.ConnectionError(f"Redis refused the connection set-up: {text}")
-
-
-def where(address: tuple[str, int] | str) -> str:
-    """``host:port``, or the socket path (for messages)."""
-    return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
-
-
-class Endpoint:
-    """What both pipes (blocking and async) take from the storage's options: the address,
-    the timeouts, the handshake to send on a new connection, and the TLS context."""
-
-    def __init__(self, address: tuple[str, int] | str, options: dict[str, Any], tls: bool) -> None:
-        self.address = address
-        self.where = where(address)
-        self.timeout: float = options["socket_timeout"]
-        self.connect_timeout: float = options["socket_connect_timeout"]
-        self._handshake = [pack(command) for command in handshake(options)]
-        self._tls = tls_context(options) if tls else None

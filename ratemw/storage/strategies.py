@@ -1,44 +1,67 @@
-"""The strategies' arithmetic, on integer milliseconds, free of I/O.
+"""Strategies: how a quota counts, on integer milliseconds, free of I/O.
 
-The in-memory storage calls these directly; the Redis script implements the same arithmetic
-line for line, so both storages give the same answers. A strategy keeps a small state per key
-and offers:
+The in-memory storage calls these directly; the Redis script (``redis/acquire.lua``) implements
+the same arithmetic line for line, so both storages give the same answers
+(``tests/storage/test_equivalence.py`` holds them to it, exactly). A strategy keeps a small
+state per key and offers:
 
 - ``check(state, now, hit) -> Usage``: does the hit fit (``remaining`` as if consumed);
 - ``consume(state, now, hit) -> state``;
 - ``refund(state, now, hit, stamp) -> state``: give back what a hit consumed at ``stamp``;
 - ``expires(state, hit) -> ms``: when the state can be dropped.
 
-``Strategy`` is the public protocol; ``register_strategy`` adds one of your own.
+A strategy's ``tag`` is the short name its storage keys and its Redis script entries go by
+(``fw``, ``mw``, ...): the one table of tags is the strategies' own attributes, read through
+``tag_of``. ``Strategy`` is the public protocol; ``register_strategy`` adds one of your own
+(see docs/strategies.md).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from ratemw.errors import ConfigurationError
-from ratemw.storage._base import CONCURRENCY, STRATEGIES, Hit, Usage
+from ratemw.storage.base import CONCURRENCY, STRATEGIES, Hit, Usage
+
+__all__ = [
+    "GCRA",
+    "STRATEGY_IMPLEMENTATIONS",
+    "Concurrency",
+    "FixedWindow",
+    "MovingWindow",
+    "SlidingWindowCounter",
+    "Strategy",
+    "register_strategy",
+    "tag_of",
+]
 
 
 class Strategy(Protocol):
-    """How one kind of quota counts, for the memory storage.
+    """How one kind of quota counts.
 
-    ``name`` is what ``Limiter(strategy=...)`` takes; the strategy's storage keys and its
-    Redis script entries go by its ``tag`` (a short name; a strategy of your own may leave it
-    out and go by its name). A strategy for Redis also provides ``lua`` (see
-    docs/strategies.md).
+    ``name`` is what ``Limiter(strategy=...)`` takes. Optional attributes: ``tag``, the short
+    name its storage keys and its Redis script entries go by (without one, a strategy goes by
+    its name), and ``lua``, the Lua that counts it on Redis (see docs/strategies.md).
     """
 
     name: str
 
-    def check(self, state: Any, now: int, hit: Hit) -> Usage: ...
+    def check(self, state: Any, now: int, hit: Hit) -> Usage:
+        """Whether ``hit`` fits the ``state`` at ``now`` (``remaining`` as if consumed)."""
+        ...
 
-    def consume(self, state: Any, now: int, hit: Hit) -> Any: ...
+    def consume(self, state: Any, now: int, hit: Hit) -> Any:
+        """The state once ``hit`` is counted at ``now`` (``state`` may be changed in place)."""
+        ...
 
-    def refund(self, state: Any, now: int, hit: Hit, stamp: int) -> Any: ...
+    def refund(self, state: Any, now: int, hit: Hit, stamp: int) -> Any:
+        """The state once what ``hit`` consumed at ``stamp`` is handed back at ``now``."""
+        ...
 
-    def expires(self, state: Any, hit: Hit) -> int: ...
+    def expires(self, state: Any, hit: Hit) -> int:
+        """When (in ms of the storage's clock) ``state`` no longer counts and may be dropped."""
+        ...
 
 
 class FixedWindow:
@@ -296,10 +319,24 @@ STRATEGY_IMPLEMENTATIONS: dict[str, Strategy] = {
 }
 
 
+def tag_of(strategy: str) -> str:
+    """The tag a strategy's storage keys and script entries go by (the one table of them)."""
+    tag = getattr(STRATEGY_IMPLEMENTATIONS.get(strategy), "tag", None)
+    return tag if isinstance(tag, str) else strategy
+
+
+def _plain_word(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and bool(value) and not any(ch.isspace() for ch in value)
+
+
 def register_strategy(strategy: Strategy) -> None:
-    """Make a strategy of your own available as ``Limiter(strategy=strategy.name)``."""
+    """Make a strategy of your own available as ``Limiter(strategy=strategy.name)``.
+
+    Its name (and its ``tag``, if it has one) must be a word without white space that no
+    other strategy goes by: storage keys and the Redis script tell strategies apart by tag.
+    """
     name = getattr(strategy, "name", None)
-    if not isinstance(name, str) or not name or any(ch.isspace() for ch in name):
+    if not _plain_word(name):
         raise ConfigurationError(
             f"a strategy needs a non-empty name without white space, got {name!r}"
         )
@@ -308,11 +345,14 @@ def register_strategy(strategy: Strategy) -> None:
             raise ConfigurationError(f"strategy {name!r} has no {method}() method")
     if name in STRATEGIES or name == CONCURRENCY:
         raise ConfigurationError(f"strategy name {name!r} is taken by a built-in strategy")
+    tag = getattr(strategy, "tag", name)
+    if not _plain_word(tag):
+        raise ConfigurationError(
+            f"strategy {name!r} has tag {tag!r}: a tag is a non-empty word without white space"
+        )
+    taken = {tag_of(other): other for other in STRATEGY_IMPLEMENTATIONS if other != name}
+    if tag in taken:
+        raise ConfigurationError(
+            f"strategy {name!r} has tag {tag!r}, which strategy {taken[tag]!r} goes by"
+        )
     STRATEGY_IMPLEMENTATIONS[name] = strategy
-
-
-def tag_of(strategy: str) -> str:
-    """The tag a strategy's storage keys and script entries go by (the one table of them)."""
-    found = STRATEGY_IMPLEMENTATIONS.get(strategy)
-    tag = getattr(found, "tag", None)
-    return tag if isinstance(tag, str) else strategy

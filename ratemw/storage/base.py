@@ -5,6 +5,9 @@ batch in one atomic step: it checks every hit, consumes all of them only if ever
 fits (all-or-nothing), and returns one ``Usage`` per hit with the numbers the headers and the
 problem body need. Times are integer milliseconds of the storage's own clock, so that the
 numbers are exact and agree between hosts that share a storage.
+
+``Storage`` (used under WSGI) and ``AsyncStorage`` (under ASGI) are the protocols every backend
+implements; ``ratemw.storage.memory`` and ``ratemw.storage.redis`` are the two there are.
 """
 
 from __future__ import annotations
@@ -12,6 +15,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+__all__ = [
+    "CONCURRENCY",
+    "STRATEGIES",
+    "AsyncStorage",
+    "Batch",
+    "Hit",
+    "Storage",
+    "Usage",
+    "any_refused",
+    "unconsumed",
+]
 
 STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter", "gcra")
 CONCURRENCY = "concurrency"  # the strategy of "N concurrent" quotas, whatever the limiter's
@@ -73,6 +88,26 @@ class Usage:
     stamp_ms: int = 0
 
 
+def unconsumed(usage: Usage, hit: Hit) -> Usage:
+    """The usage of a hit that was checked but not consumed (a peek, a refused batch, a slot
+    handed back): a hit that fitted keeps its units (a concurrency slot is one unit)."""
+    if not usage.fits:
+        return usage
+    units = 1 if hit.strategy == CONCURRENCY else hit.cost
+    return Usage(True, usage.remaining + units, usage.reset_ms, 0, usage.stamp_ms)
+
+
+def any_refused(hits: Sequence[Hit], usages: Sequence[Usage]) -> bool:
+    """Whether an enforced hit found no room (the request was refused)."""
+    # Plain loops: this runs on every request, and nearly every time everything fitted.
+    for usage in usages:
+        if not usage.fits:
+            break
+    else:
+        return False
+    return any(not usage.fits and hit.enforce for usage, hit in zip(usages, hits, strict=True))
+
+
 class Storage(Protocol):
     """A synchronous storage (used under WSGI)."""
 
@@ -96,8 +131,12 @@ class Storage(Protocol):
         """Connect and run one call that counts nothing; ``StorageError`` if it cannot."""
         ...
 
-    def clear(self, key: str) -> None:
-        """Forget one storage key."""
+    def exists(self, keys: Sequence[str]) -> int:
+        """How many of ``keys`` hold counts (0: nothing is counted under any of them)."""
+        ...
+
+    def clear(self, key: str) -> bool:
+        """Forget one storage key; whether it held counts."""
         ...
 
     def reset(self) -> None:
@@ -108,7 +147,7 @@ class Storage(Protocol):
 
 
 class AsyncStorage(Protocol):
-    """An asynchronous storage (used under ASGI)."""
+    """An asynchronous storage (used under ASGI): ``Storage``'s methods, awaited."""
 
     async def acquire(self, hits: Sequence[Hit]) -> list[Usage]: ...
 
@@ -120,7 +159,9 @@ class AsyncStorage(Protocol):
 
     async def check(self) -> None: ...
 
-    async def clear(self, key: str) -> None: ...
+    async def exists(self, keys: Sequence[str]) -> int: ...
+
+    async def clear(self, key: str) -> bool: ...
 
     async def reset(self) -> None: ...
 

@@ -1,12 +1,21 @@
 """Bounded waits for a connection: at most ``max_connections`` calls in flight, served in
-arrival order, and none sent behind calls that failed meanwhile (see ``FailedAhead``)."""
+arrival order, and none sent behind calls that failed meanwhile (see ``FailedAhead``).
+
+``Slots`` bounds the sync storage's script calls (whatever its transport: a blocking pipe
+holds one connection per call in flight, redis-py's pool as many); ``AsyncSlots`` bounds the
+async storage's calls through redis-py (the async pipe pipelines every call on one
+connection: nothing to bound).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 
 import redis
+
+__all__ = ["UNHEALTHY", "AsyncSlots", "FailedAhead", "Slots"]
 
 # A timeout or a broken connection: the server (or the way to it) is failing.
 UNHEALTHY = (redis.ConnectionError, redis.TimeoutError)
@@ -27,7 +36,39 @@ class FailedAhead(redis.ConnectionError):
         super().__init__("Redis is failing: a command ahead of this one failed; not sent")
 
 
-class Slots:
+class _Waits:
+    """What ``Slots`` and ``AsyncSlots`` share: the failures that a call waiting for a slot
+    must not be sent behind.
+
+    How a call takes a slot (``await`` the ``acquire`` of ``AsyncSlots``)::
+
+        failures = slots.failures
+        taken = slots.acquire(timeout)
+        if taken is not True:  # it waited
+            slots.after_wait(taken, failures)
+        try:
+            ...  # the call; on UNHEALTHY errors: slots.failures += 1
+        finally:
+            slots.release()
+    """
+
+    def __init__(self) -> None:
+        self.failures = 0  # calls lost to timeouts and broken connections (see FailedAhead)
+
+    def release(self) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    def after_wait(self, taken: bool | None, failures: int) -> None:
+        """After ``acquire`` did not give a slot at once (``taken``): raise if none came, or if
+        calls failed meanwhile (``failures`` was their count before it waited)."""
+        if taken is False:
+            raise redis.ConnectionError("no free Redis connection (pool_timeout)")
+        if self.failures != failures:  # it waited behind failing calls
+            self.release()
+            raise FailedAhead()
+
+
+class Slots(_Waits):
     """At most ``size`` threads at a time hold a slot; waiters are served in arrival order
     (but for a thread arriving in the instant a slot is handed over).
 
@@ -44,6 +85,7 @@ class Slots:
     """
 
     def __init__(self, size: int) -> None:
+        super().__init__()
         self._tokens: deque[None] = deque([None] * size)
         self._lock = threading.Lock()
         self._waiters: deque[threading.Lock] = deque()
@@ -92,3 +134,30 @@ class Slots:
                     except IndexError:  # taken meanwhile, by a thread that had queued
                         return
                     self._waiters.popleft().release()
+
+
+class AsyncSlots(_Waits):
+    """At most ``size`` calls of one event loop hold a slot (``Slots``' twin).
+
+    Args:
+        size: the calls in flight at most (``max_connections``).
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._semaphore = asyncio.Semaphore(size)
+
+    async def acquire(self, timeout: float) -> bool | None:
+        """Take a slot: ``True`` at once, ``None`` after waiting, ``False`` not in ``timeout``."""
+        slots = self._semaphore
+        if not slots.locked():
+            await slots.acquire()
+            return True
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return None
+
+    def release(self) -> None:
+        self._semaphore.release()

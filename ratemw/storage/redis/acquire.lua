@@ -2,12 +2,13 @@
 -- fits (all-or-nothing), in one round trip, on the Redis server's clock.
 --
 -- KEYS[i]: the storage key of hit i (all in one hash slot on a cluster).
--- ARGV[1]: "<mode> <time>". mode: "acquire", "peek", "refund" (give back what an acquire
---   at <time> took), "undo" (the same, for a request that was refused after all: a fixed
---   window it opened is closed again, as if the request had never come). time, in ms: for
---   "acquire"/"peek" the clock to use instead of this server's ("0": this server's; a
---   request spanning cluster slots uses its first slot's time on all of them, so that every
---   hit carries one stamp), for "refund"/"undo" the acquire's time;
+-- ARGV[1]: "<acquire|peek> <time>" or "<refund|undo> <stamp> [<time>]". mode: "acquire",
+--   "peek", "refund" (give back what an acquire at <stamp> took), "undo" (the same, for a
+--   request that was refused after all: a fixed window it opened is closed again, as if the
+--   request had never come). time, in ms: the clock to use instead of this server's (left
+--   out or "0": this server's TIME; a request spanning cluster slots uses its first slot's
+--   time on all of them, so that every hit carries one stamp; tests pass a clock of their
+--   own to hold this script to ratemw/storage/strategies.py exactly);
 -- ARGV[1 + i]: hit i as "<strategy> <amount> <window ms> <cost> <enforce 1/0> <extra>":
 --   strategy "fw" fixed window, "mw" moving window, "sw" sliding-window counter, "gc" GCRA,
 --   "cc" concurrency; extra is the GCRA burst (0 = amount) or the concurrency token.
@@ -20,7 +21,7 @@
 --
 -- Every argument is checked before anything is written: a call the script cannot count
 -- exactly is refused whole with an error reply starting "ratemw:", naming the argument,
--- and leaves every key as it was. The arithmetic mirrors ratemw/storage/_strategies.py line
+-- and leaves every key as it was. The arithmetic mirrors ratemw/storage/strategies.py line
 -- for line.
 
 local tonumber, math, string, redis, ipairs = tonumber, math, string, redis, ipairs
@@ -55,22 +56,32 @@ end
 if #ARGV ~= #KEYS + 2 then
   return refuse('expected ' .. (#KEYS + 2) .. ' arguments for ' .. #KEYS .. ' keys, got ' .. #ARGV)
 end
-local MODES = {acquire = true, peek = true, refund = true, undo = true}
-local mode, time_arg = string.match(ARGV[1], '^(%a+) (%S+)$')
-if not MODES[mode] then
-  return refuse('ARGV[1] ' .. quoted(ARGV[1]) .. ' is not "<acquire|peek|refund|undo> <time ms>"')
+local DECIDING = {acquire = true, peek = true}
+local HANDING_BACK = {refund = true, undo = true}
+local mode, time_arg, clock_arg = string.match(ARGV[1], '^(%a+) (%S+) (%S+)$')
+if mode == nil then mode, time_arg = string.match(ARGV[1], '^(%a+) (%S+)$') end
+if not (DECIDING[mode] and clock_arg == nil or HANDING_BACK[mode]) then
+  return refuse('ARGV[1] ' .. quoted(ARGV[1]) ..
+    ' is not "<acquire|peek> <time ms>" nor "<refund|undo> <stamp ms> [<time ms>]"')
 end
 local stamp = whole(time_arg, 0, MAX_WINDOW)
 if stamp == nil then
   return refuse('time ' .. quoted(time_arg) .. ' is not a whole number of ms from 0 to 2^51')
+end
+local clock = stamp  -- "acquire"/"peek": the time to decide on; "refund"/"undo": the stamp
+if HANDING_BACK[mode] then
+  clock = whole(clock_arg or '0', 0, MAX_WINDOW)
+  if clock == nil then
+    return refuse('time ' .. quoted(clock_arg) .. ' is not a whole number of ms from 0 to 2^51')
+  end
 end
 local token = whole(ARGV[#ARGV], 0, MAX_TOKEN)
 if token == nil then
   return refuse('token ' .. quoted(ARGV[#ARGV]) .. ' is not a whole number from 0 to 2^53 - 1')
 end
 
-local now = stamp
-if mode ~= 'acquire' and mode ~= 'peek' or now == 0 then
+local now = clock
+if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
@@ -377,9 +388,13 @@ if mode == 'refund' or mode == 'undo' then
       return refuse('hit ' .. i .. ' (' .. quoted(KEYS[i]) .. '): the key holds a ' .. found)
     end
   end
+  local handed = {}  -- a key is handed back once per call, by its first hit (as it is counted)
   for i = 1, #KEYS do
     local h = hits[i]
-    refund(KEYS[i], h[1], h[2], h[3], h[4], h[6])
+    if not handed[KEYS[i]] then
+      handed[KEYS[i]] = true
+      refund(KEYS[i], h[1], h[2], h[3], h[4], h[6])
+    end
   end
   return {token}
 end
@@ -400,10 +415,16 @@ for i = 1, #KEYS do
 end
 
 if mode == 'acquire' and admit then
+  -- A shadow hit without room is reported, not consumed (as in the memory storage). A key
+  -- named by several hits (two limits on one counter) counts the request once: by the first
+  -- of its hits that fits. Every hit was checked against the key as the request found it.
+  local counted = {}
   for i = 1, #KEYS do
     local p = pending[i]
-    -- A shadow hit without room is reported, not consumed (as in the memory storage).
-    if p[5] == 1 then consumes[p[1]](KEYS[i], p[2], p[3], p[4], p[6]) end
+    if p[5] == 1 and not counted[KEYS[i]] then
+      counted[KEYS[i]] = true
+      consumes[p[1]](KEYS[i], p[2], p[3], p[4], p[6])
+    end
   end
 else
   -- Nothing consumed: a hit that fitted keeps its units (a concurrency slot is one unit).

@@ -1,4 +1,5 @@
-"""One pipelined connection to one Redis server, for the async storage's scripts.
+"""One pipelined connection to one Redis server: the async storage's ``"pipe"`` transport
+(ASGI). The twin of ``pipe.Pipe``; what goes on the wire is ``endpoint.py``'s.
 
 Every script call a storage makes in one event loop goes down one connection: a command is
 written the moment it is made, the server answers in order, and each reply resolves the
@@ -27,7 +28,7 @@ A command is never sent twice once written: the script may have run, and running
 would count the request twice. A call that finds the connection idle looks at it before
 writing (an idle connection the server closed polls readable with the end of the stream,
 before the event loop may have noticed), and opens a new one instead. Replies are matched to
-calls by the token each script call carries (``_resp.py``): the moment a reply does not
+calls by the token each script call carries (``endpoint.py``): the moment a reply does not
 answer the call first in line (a stray reply, bytes while idle, protocol garbage), the
 connection is out of step; it is closed and every call waiting on it fails, none is handed
 another call's reply.
@@ -42,20 +43,17 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import redis
-from redis.exceptions import ResponseError
 
-from ratemw.storage._resp import (
-    Endpoint,
-    answers,
-    check_handshake,
-    eval_command,
+from ratemw.storage.redis.endpoint import Endpoint, check_handshake, matches
+from ratemw.storage.redis.resp import (
+    TOKEN_ARG,
     evalsha_command,
     lost_script,
     new_reader,
-    new_tokens,
     script_result,
-    token_arg,
 )
+
+__all__ = ["AsyncPipe"]
 
 
 class _Silent(redis.TimeoutError):
@@ -75,14 +73,15 @@ class _Connection(asyncio.Protocol):
     passed, and is set again for the next. Calls answered in time cost it nothing.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, reader: Any, where: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint) -> None:
         self.loop = loop
-        self.where = where
+        self.endpoint = endpoint
+        self.where = endpoint.where
         self.transport: asyncio.Transport | None = None
         self.lost: redis.ConnectionError | None = None
         self.replies = 0  # replies received so far: did the server say anything lately?
         self.keeper: AsyncGenerator[None, None] | None = None
-        self._reader = reader
+        self._reader = new_reader()
         self._waiting: deque[_Waiter] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._poll: Any = None
@@ -126,16 +125,10 @@ class _Connection(asyncio.Protocol):
                 self.close(redis.ConnectionError("Protocol error: a reply nobody asked for"))
                 return
             future, _, _, token = waiting.popleft()
-            # An error reply carries no token; any other answer to a script call must carry
-            # its call's. One that does not means the stream is out of step: nothing after it
-            # can be matched to its call.
-            if token is not None and not answers(reply, token) and not isinstance(
-                reply, ResponseError
-            ):
-                self.close(redis.ConnectionError(
-                    f"Protocol error: Redis {self.where} answered with a reply that is not the "
-                    "call's (the connection was out of step and is closed)"
-                ))
+            # A reply that does not answer its call means the stream is out of step: nothing
+            # after it can be matched to its call.
+            if token is not None and not matches(reply, token):
+                self.close(self.endpoint.out_of_step())
                 if not future.done():
                     future.set_exception(self.lost or redis.ConnectionError("out of step"))
                 return
@@ -212,7 +205,8 @@ async def _keep(connection: _Connection) -> AsyncGenerator[None, None]:
 
 
 class AsyncPipe(Endpoint):
-    """Script calls to one server over one pipelined connection per event loop.
+    """Script calls to one server over one pipelined connection per event loop (an
+    ``AsyncScriptTransport``).
 
     Args:
         address: ``(host, port)``, or a Unix socket path.
@@ -224,7 +218,6 @@ class AsyncPipe(Endpoint):
         super().__init__(address, options, tls)
         self._connection: _Connection | None = None
         self._opening: asyncio.Task[_Connection] | None = None
-        self._tokens = new_tokens()
 
     async def script(
         self,
@@ -232,17 +225,14 @@ class AsyncPipe(Endpoint):
         text: str,
         keys: Sequence[str],
         args: Sequence[str],
-        command: bytes | None = None,
+        packed: bytes | None = None,
     ) -> Any:
-        """``EVALSHA`` (``EVAL`` if the server lost the script), within one timeout.
-
-        ``command``: the ``EVALSHA`` already packed (``evalsha_command``), if at hand. The
-        script takes the call's token as its last argument and ends its reply with it.
-        """
+        """``transport.ScriptTransport.script``, within one timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
+        # The call's EVALSHA and token, as endpoint.py has it (inlined: this runs per request).
         token = next(self._tokens)
-        command = (command or evalsha_command(sha, keys, args)) + token_arg(token)
+        command = (packed or evalsha_command(sha, keys, args)) + TOKEN_ARG % token
         connection = self._connection
         if connection is None or connection.loop is not loop or not connection.usable():
             connection = await self._usable(loop, deadline)
@@ -251,8 +241,7 @@ class AsyncPipe(Endpoint):
         if type(reply) is list:
             return reply
         if lost_script(reply) and connection.lost is None:
-            token = next(self._tokens)
-            command = eval_command(text, keys, args) + token_arg(token)
+            command, token = self.loading_call(text, keys, args)
             reply = await connection.send(command, deadline, token)
         return script_result(reply)
 
@@ -276,7 +265,7 @@ class AsyncPipe(Endpoint):
         try:
             return await asyncio.wait_for(asyncio.shield(opening), max(deadline - loop.time(), 0))
         except asyncio.TimeoutError:
-            raise redis.TimeoutError(f"Timeout connecting to Redis {self.where}") from None
+            raise self.connect_timeout_error() from None
 
     def _opened(self, opening: asyncio.Task[_Connection]) -> None:
         if self._opening is opening:
@@ -285,18 +274,18 @@ class AsyncPipe(Endpoint):
             self._connection = opening.result()
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Connection:
-        connection = _Connection(loop, new_reader(), self.where)
+        connection = _Connection(loop, self)
         try:
             deadline = loop.time() + self.connect_timeout
             await asyncio.wait_for(self._dial(loop, connection, deadline), self.connect_timeout)
         except asyncio.TimeoutError:
             connection.close(redis.TimeoutError("connect timeout"))
-            raise redis.TimeoutError(f"Timeout connecting to Redis {self.where}") from None
+            raise self.connect_timeout_error() from None
         except (OSError, redis.RedisError) as exc:
             connection.close(redis.ConnectionError(str(exc)))
             if isinstance(exc, redis.RedisError):
                 raise
-            raise redis.ConnectionError(f"Error connecting to Redis {self.where}: {exc}") from exc
+            raise self.connect_error(exc) from exc
         except BaseException:  # cancelled (its loop is ending): leave nothing open
             connection.close(redis.ConnectionError("connection set-up abandoned"))
             raise

@@ -1,4 +1,5 @@
-"""Script calls on a Redis Cluster: straight to the node that owns the slot, waits bounded.
+"""The ``"redis-py"`` transport on a Redis Cluster: each script call goes straight to the node
+that owns its slot, waits bounded.
 
 redis-py's cluster client, left to itself, makes a failing request wait and may count it
 twice: on ``CLUSTERDOWN`` it sleeps 0.25 s and reloads the topology before failing (and again
@@ -15,8 +16,8 @@ client's topology and node clients (whose connections never retry):
   slot map is reloaded (a failover may have moved the slots) in the background, one reload
   at a time: no request waits for it; requests go on with the map they have meanwhile.
 
-The administrative commands (``clear``, ``reset``) still go through redis-py's cluster
-client, built with no retries.
+The administrative commands (``clear``, ``reset``, ...) still go through redis-py's cluster
+client, built with no retries. Replies are matched to calls by token, as in ``redispy.py``.
 """
 
 from __future__ import annotations
@@ -31,10 +32,23 @@ import redis
 from redis.asyncio.cluster import PipelineCommand
 from redis.exceptions import AskError, ClusterDownError, ClusterError, MovedError, NoScriptError
 
+from ratemw.storage.redis.clients import AsyncClient, Client
+from ratemw.storage.redis.redispy import AsyncRedisPyScripts, RedisPyScripts
+
+__all__ = ["REDIRECTIONS", "AsyncClusterScripts", "ClusterScripts"]
+
 REDIRECTIONS = 2
 
 # After these the slot map may be out of date: the next call reloads it.
 _STALE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError)
+
+
+def _commands(
+    script: tuple[str, str], keys: Sequence[str], args: Sequence[Any]
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """A call's ``EVALSHA``, and the ``EVAL`` that loads the script where a node lost it."""
+    sha, text = script
+    return ("EVALSHA", sha, len(keys), *keys, *args), ("EVAL", text, len(keys), *keys, *args)
 
 
 def _redirected(keys: Sequence[str]) -> ClusterError:
@@ -44,27 +58,26 @@ def _redirected(keys: Sequence[str]) -> ClusterError:
     )
 
 
-class ClusterScripts:
+class ClusterScripts(RedisPyScripts):
     """Script calls over a ``redis.cluster.RedisCluster``'s nodes (threads may share it)."""
 
-    def __init__(self, client: Any, sha: str, text: str) -> None:
-        self.client = client
-        self._sha = sha
-        self._text = text
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
         self.refreshes = 0  # slot maps reloaded so far
         self._refreshing = threading.Lock()
         self._refresher: threading.Thread | None = None
 
-    def call(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def _send(
+        self, client: Any, sha: str, text: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
         """``EVALSHA`` (``EVAL`` if the node lost the script) on the node owning the keys."""
-        client = self.client
         slot = client.keyslot(keys[0])
         node = client.nodes_manager.get_node_from_slot(slot)
         asking = False
         try:
             for _ in range(REDIRECTIONS + 1):
                 try:
-                    return self._send(node, keys, args, asking)
+                    return self._on_node(client, node, (sha, text), keys, args, asking)
                 except MovedError as exc:
                     client.nodes_manager.move_slot(exc)
                     node, asking = client.nodes_manager.get_node_from_slot(slot), False
@@ -77,15 +90,23 @@ class ClusterScripts:
             raise
         raise _redirected(keys)
 
-    def _send(self, node: Any, keys: Sequence[str], args: Sequence[Any], asking: bool) -> Any:
-        redis_node = self.client.get_redis_connection(node)
-        command = ("EVALSHA", self._sha, len(keys), *keys, *args)
+    def _on_node(
+        self,
+        client: Any,
+        node: Any,
+        script: tuple[str, str],
+        keys: Sequence[str],
+        args: Sequence[Any],
+        asking: bool,
+    ) -> Any:
+        redis_node = client.get_redis_connection(node)
+        command, loading = _commands(script, keys, args)
         if not asking:
             try:
                 return redis_node.execute_command(*command)
             except NoScriptError:  # a restarted node, SCRIPT FLUSH: EVAL loads it
-                return redis_node.execute_command("EVAL", self._text, *command[2:])
-        for each in (command, ("EVAL", self._text, *command[2:])):
+                return redis_node.execute_command(*loading)
+        for each in (command, loading):
             pipe = redis_node.pipeline(transaction=False)  # one connection, one write
             pipe.execute_command("ASKING")
             pipe.execute_command(*each)
@@ -98,7 +119,7 @@ class ClusterScripts:
 
     def disconnect(self) -> None:
         """Close every node connection (one of them went out of step)."""
-        for node in self.client.get_nodes():
+        for node in self._client.get().get_nodes():
             if node.redis_connection is not None:
                 node.redis_connection.connection_pool.disconnect()
 
@@ -113,7 +134,7 @@ class ClusterScripts:
 
     def _reload(self) -> None:
         try:
-            self.client.nodes_manager.initialize()
+            self._client.get().nodes_manager.initialize()
             self.refreshes += 1
         except Exception:  # the next failing call asks for another reload
             pass
@@ -127,26 +148,25 @@ class ClusterScripts:
             refresher.join()
 
 
-class AsyncClusterScripts:
+class AsyncClusterScripts(AsyncRedisPyScripts):
     """Script calls over a ``redis.asyncio.cluster.RedisCluster``'s nodes (one event loop)."""
 
-    def __init__(self, client: Any, sha: str, text: str) -> None:
-        self.client = client
-        self._sha = sha
-        self._text = text
+    def __init__(self, client: AsyncClient, max_connections: int, pool_timeout: float) -> None:
+        super().__init__(client, max_connections, pool_timeout)
         self.refreshes = 0  # slot maps reloaded so far
         self._refresher: asyncio.Task[None] | None = None
 
-    async def call(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _send(
+        self, client: Any, sha: str, text: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
         """``EVALSHA`` (``EVAL`` if the node lost the script) on the node owning the keys."""
-        client = self.client
         slot = client.keyslot(keys[0])
         node = client.nodes_manager.get_node_from_slot(slot)
         asking = False
         try:
             for _ in range(REDIRECTIONS + 1):
                 try:
-                    return await self._send(node, keys, args, asking)
+                    return await self._on_node(node, (sha, text), keys, args, asking)
                 except MovedError as exc:
                     await client.nodes_manager.move_slot(exc)
                     node, asking = client.nodes_manager.get_node_from_slot(slot), False
@@ -159,16 +179,21 @@ class AsyncClusterScripts:
             raise
         raise _redirected(keys)
 
-    async def _send(
-        self, node: Any, keys: Sequence[str], args: Sequence[Any], asking: bool
+    async def _on_node(
+        self,
+        node: Any,
+        script: tuple[str, str],
+        keys: Sequence[str],
+        args: Sequence[Any],
+        asking: bool,
     ) -> Any:
-        command = ("EVALSHA", self._sha, len(keys), *keys, *args)
+        command, loading = _commands(script, keys, args)
         if not asking:
             try:
                 return await _execute(node, command)
             except NoScriptError:  # a restarted node, SCRIPT FLUSH: EVAL loads it
-                return await _execute(node, ("EVAL", self._text, *command[2:]))
-        for each in (command, ("EVAL", self._text, *command[2:])):
+                return await _execute(node, loading)
+        for each in (command, loading):
             # ASKING and the script on one connection, in one write.
             calls = [PipelineCommand(0, "ASKING"), PipelineCommand(1, *each)]
             await node.execute_pipeline(calls)
@@ -181,7 +206,7 @@ class AsyncClusterScripts:
 
     async def disconnect(self) -> None:
         """Close every node connection (one of them went out of step)."""
-        for node in self.client.get_nodes():
+        for node in self._client.client.get_nodes():
             await node.disconnect()
 
     def reload(self) -> None:
@@ -191,7 +216,7 @@ class AsyncClusterScripts:
 
     async def _reload(self) -> None:
         try:
-            await self.client.nodes_manager.initialize()
+            await self._client.client.nodes_manager.initialize()
             self.refreshes += 1
         except Exception:  # the next failing call asks for another reload
             pass

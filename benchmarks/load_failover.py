@@ -110,8 +110,10 @@ class Phase:
     def row(self) -> list[str]:
         latencies = sorted(s.latency for s in self.samples)
         statuses = Counter(
-            "200 counted" if s.status == 200 and s.counted
-            else "200 not counted" if s.status == 200
+            "200 counted"
+            if s.status == 200 and s.counted
+            else "200 not counted"
+            if s.status == 200
             else str(s.status)
             for s in self.samples
         )
@@ -227,8 +229,13 @@ FAULTS: dict[str, tuple[Callable[[RedisServer], object], Callable[[RedisServer],
 
 
 async def _load(
-    port: int, concurrency: int, duration: float, kill_at: float, restart_at: float,
-    server: RedisServer, fault: str,
+    port: int,
+    concurrency: int,
+    duration: float,
+    kill_at: float,
+    restart_at: float,
+    server: RedisServer,
+    fault: str,
 ) -> tuple[list[Sample], Chaos]:
     samples: list[Sample] = []
     chaos = Chaos(kill_at, restart_at)
@@ -293,16 +300,25 @@ def _uvicorn(storage: str, mode: str, options: dict[str, object]) -> Iterator[in
 def run_mode(mode: str, args: argparse.Namespace) -> Run:
     options: dict[str, object] = {}
     if args.socket_timeout is not None:
-        options = {"socket_timeout": args.socket_timeout,
-                   "socket_connect_timeout": args.socket_timeout}
+        options = {
+            "socket_timeout": args.socket_timeout,
+            "socket_connect_timeout": args.socket_timeout,
+        }
     server = RedisServer(name=f"load-{mode}")
     server.start()
     try:
         with _uvicorn(server.url, mode, options) as port:
-            samples, chaos = asyncio.run(_load(
-                port, args.concurrency, args.duration, args.kill_at, args.restart_at, server,
-                args.fault,
-            ))
+            samples, chaos = asyncio.run(
+                _load(
+                    port,
+                    args.concurrency,
+                    args.duration,
+                    args.kill_at,
+                    args.restart_at,
+                    server,
+                    args.fault,
+                )
+            )
     finally:
         server.stop()
     return Run(mode, samples, chaos, args.duration)
@@ -321,16 +337,25 @@ def table(run: Run) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modes", nargs="+", default=["allow", "deny"],
-                        choices=["allow", "deny", "fallback"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["allow", "deny"], choices=["allow", "deny", "fallback"]
+    )
     parser.add_argument("--duration", type=float, default=40.0)
     parser.add_argument("--kill-at", type=float, default=10.0)
     parser.add_argument("--restart-at", type=float, default=25.0)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--fault", choices=sorted(FAULTS), default="kill",
-                        help="kill: SIGKILL, then a new server; hang: SIGSTOP, then SIGCONT")
-    parser.add_argument("--socket-timeout", type=float, default=None,
-                        help="Redis socket timeout in seconds (default: the storage's own)")
+    parser.add_argument(
+        "--fault",
+        choices=sorted(FAULTS),
+        default="kill",
+        help="kill: SIGKILL, then a new server; hang: SIGSTOP, then SIGCONT",
+    )
+    parser.add_argument(
+        "--socket-timeout",
+        type=float,
+        default=None,
+        help="Redis socket timeout in seconds (default: the storage's own)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.kill_at < args.restart_at < args.duration:
         parser.error("expected 0 < --kill-at < --restart-at < --duration")
@@ -347,8 +372,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = run_mode(mode, args)
         recovery = run.recovery()
         print(f'## failure_mode="{mode}"\n\n{table(run)}\n')
-        print("recovery: " + (f"{recovery:.2f} s after Redis came back" if recovery is not None
-                              else "none before the end of the run") + "\n", flush=True)
+        print(
+            "recovery: "
+            + (
+                f"{recovery:.2f} s after Redis came back"
+                if recovery is not None
+                else "none before the end of the run"
+            )
+            + "\n",
+            flush=True,
+        )
     return 0
 
 

@@ -25,8 +25,9 @@ def free_port() -> int:
 
 
 def serve(port: int) -> uvicorn.Server:
-    config = uvicorn.Config("examples.starlette_app:app", host="127.0.0.1", port=port,
-                            log_level="warning")
+    config = uvicorn.Config(
+        "examples.starlette_app:app", host="127.0.0.1", port=port, log_level="warning"
+    )
     server = uvicorn.Server(config)
     threading.Thread(target=server.run, daemon=True).start()
     deadline = time.monotonic() + 15

@@ -25,6 +25,7 @@ from ratemw.errors import (
 from ratemw.limiter import Limiter
 from ratemw.policy.decision import Decision, PolicyState
 from ratemw.policy.rules import Rule
+from ratemw.standing import current
 from ratemw.wsgi import WSGIRateLimitMiddleware
 
 __version__ = "0.1.0.dev0"
@@ -41,5 +42,6 @@ __all__ = [
     "StorageCallError",
     "StorageError",
     "WSGIRateLimitMiddleware",
+    "current",
     "keys",
 ]

@@ -137,8 +137,8 @@ def wsgi_scope(environ: WSGIEnvironment, method: str, path: str) -> dict[str, An
     if type(port) is str and len(port) <= 5 and port.isdecimal():
         port = int(port)
     # What servers send (the port as text, a number, or not at all) needs no closer look.
-    client = (host, port) if type(host) is str and host and type(port) is int else _address(
-        host, port
+    client = (
+        (host, port) if type(host) is str and host and type(port) is int else _address(host, port)
     )
     return _Scope(
         {

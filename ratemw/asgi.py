@@ -16,7 +16,7 @@ import anyio
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ratemw.engine import APPLIED, Engine, Outcome, Plan, Planner, ResponseInfo
+from ratemw.engine import APPLIED, OUTCOME, Engine, Outcome, Plan, Planner, ResponseInfo
 from ratemw.errors import ConfigurationError, RateLimitExceeded
 from ratemw.keys import ScopeHolder
 from ratemw.limiter import Limiter
@@ -123,7 +123,10 @@ class RateLimitMiddleware:
         scope[APPLIED] = (*(applied or ()), self.limiter)
         try:
             await self._limit(engine, scope, receive, send, scope_type)
+        except RateLimitExceeded as exc:  # raised by the endpoint: limiter.hit(...) in code
+            await self._answer_raised(scope, receive, send, exc)
         finally:
+            scope.pop(OUTCOME, None)
             if applied is None:
                 scope.pop(APPLIED, None)
             else:
@@ -147,6 +150,7 @@ class RateLimitMiddleware:
         if outcome.exceeded is not None or outcome.unavailable:
             await self._refuse(scope, receive, send, request, outcome)
             return
+        scope[OUTCOME] = outcome  # the request's standing, for ratemw.current
         if outcome.needs_settling:
             await self._call_and_settle(engine, scope, receive, send, outcome)
             return
@@ -161,6 +165,26 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    async def _answer_raised(
+        self, scope: Scope, receive: Receive, send: Send, exc: RateLimitExceeded
+    ) -> None:
+        """Answer a ``RateLimitExceeded`` the app raised with the same 429 as a refusal (or
+        let it go on, if the app had started its response already)."""
+        try:
+            if scope["type"] == "http" and self.handler is not None:
+                response = self.handler(Request(scope, receive), exc)
+                if inspect.isawaitable(response):
+                    response = await response
+                await response(scope, receive, send)
+                return
+            status, headers, body = exceeded_response(exc)
+            if scope["type"] == "http":
+                await _respond(send, "http.response", status, headers, body)
+            else:
+                await _refuse_websocket(scope, receive, send, status, headers, body)
+        except Exception:
+            raise exc from None
 
     async def _call_and_settle(
         self, engine: Engine, scope: Scope, receive: Receive, send: Send, outcome: Outcome

@@ -95,8 +95,10 @@ class client_ip:
                     f"invalid trusted proxy {proxy!r}: expected an IP address or network "
                     "such as '10.0.0.1' or '10.0.0.0/8'"
                 ) from None
-        if isinstance(ipv6_prefix, bool) or not isinstance(ipv6_prefix, int) or not (
-            1 <= ipv6_prefix <= 128
+        if (
+            isinstance(ipv6_prefix, bool)
+            or not isinstance(ipv6_prefix, int)
+            or not (1 <= ipv6_prefix <= 128)
         ):
             raise ConfigurationError(
                 f"invalid ipv6_prefix {ipv6_prefix!r}: expected an integer from 1 to 128"

@@ -15,10 +15,12 @@ from ratemw._clock import monotonic_ms
 from ratemw._redact import redact_uri
 from ratemw.engine import Declarations, Engine, Metrics, Settings, Storages
 from ratemw.engine.breaker import CircuitBreaker
+from ratemw.engine.calls import ADMITTED, CodeCalls, decision_of_call
 from ratemw.engine.failures import FailureLog
 from ratemw.engine.hits import KeyHasher
 from ratemw.engine.settings import build_settings, check_groups, check_rules
 from ratemw.errors import ConfigurationError
+from ratemw.policy.decision import Decision
 from ratemw.policy.groups import (
     CostValue,
     LimitGroup,
@@ -29,7 +31,7 @@ from ratemw.policy.groups import (
 )
 from ratemw.policy.rules import Rule
 from ratemw.storage import StorageBackends
-from ratemw.storage._base import STRATEGIES
+from ratemw.storage.base import STRATEGIES
 
 __all__ = ["Limiter", "Metrics"]
 
@@ -119,6 +121,7 @@ class Limiter:
     _storages: Storages
     _failures: FailureLog
     _hasher: KeyHasher
+    _calls: CodeCalls
 
     def __init__(
         self,
@@ -163,11 +166,10 @@ class Limiter:
         state = self.__dict__
         state["_arguments"] = arguments
         state["_declarations"] = Declarations()
-        state["_storages"] = Storages(
-            backends, CircuitBreaker(name=name, **(breaker or {}))
-        )
+        state["_storages"] = Storages(backends, CircuitBreaker(name=name, **(breaker or {})))
         state["_failures"] = FailureLog(clock or monotonic_ms)
         state["_hasher"] = KeyHasher()
+        state["_calls"] = CodeCalls(state["_failures"])
         state["engine"] = self._build(settings)
 
     def _build(self, settings: Settings) -> Engine:
@@ -295,6 +297,7 @@ class Limiter:
         failure_mode: str | None = None,
         fallback: str | None = None,
         error_message: str | Callable[[Any], Any] | None = None,
+        block: bool = True,
     ) -> Callable[[F], F]:
         """Limit one route. The endpoint is returned unchanged: no ``request`` parameter needed.
 
@@ -327,6 +330,10 @@ class Limiter:
             error_message: the ``detail`` of the 429 when this limit refuses a request: a
                 string, or a callable of the request returning one (slowapi's
                 ``error_message``).
+            block: ``False`` counts and decides but lets a request over the limit through,
+                marked: ``ratemw.current(request).exceeded`` is true, and the headers tell
+                the truth. The endpoint decides what to do (serve cached results, a smaller
+                answer). django-ratelimit's ``block=False``.
 
         Callables (``limit``, ``key``, ``cost``, ``exempt_when``, ``deduct_when``,
         ``error_message``) may be sync or async, and may take the request or nothing at
@@ -351,6 +358,7 @@ class Limiter:
         failure_mode: str | None = None,
         fallback: str | None = None,
         error_message: str | Callable[[Any], Any] | None = None,
+        block: bool = True,
     ) -> Callable[[F], F]:
         """Limit several routes together: every route decorated with one ``scope`` shares counts.
 
@@ -393,6 +401,113 @@ class Limiter:
         filters = (*settings.request_filters, by_request(fn))
         self.__dict__["engine"] = self._build(replace(settings, request_filters=filters))
         return fn
+
+    # -- limits from code ---------------------------------------------------------------------
+
+    def hit(
+        self,
+        key: Any,
+        limit: str | Iterable[str],
+        *,
+        scope: str | None = None,
+        cost: Any = 1,
+        request: Any = None,
+        raise_exceeded: bool = False,
+    ) -> Decision:
+        """Count one call against ``limit`` for ``key``, and say whether it was admitted.
+
+        The same strategies, storage, clock and all-or-nothing rule as the middleware:
+        with several limits (``"5/minute;100/day"``, or a list) the call is counted by all of
+        them or by none. ``scope`` names the counts: calls with one ``scope`` and ``key``
+        share them, and share them with ``@limiter.shared_limit(..., scope=...)`` routes
+        whose key function gives the same identity. Without a scope, calls with the same
+        limit share counts.
+
+        Example (count failed logins per username, after the password check)::
+
+            if not password_ok:
+                decision = limiter.hit(username, "5/15 minutes", scope="login-failures")
+                if not decision.allowed:
+                    ...  # locked out for decision.retry_after seconds
+
+        Args:
+            key: who is counted: a string, an integer, bytes or a UUID (capped and hashed
+                like any identity). Anything else (``None``, ``""``) counts in one shared
+                bucket of keys that name nobody (logged once per incident).
+            limit: a limit string, or a list of them.
+            scope: the name of the counts (default: the limit).
+            cost: units this call takes, a whole number >= 1 (anything else counts 1).
+            request: the request this call is made for, if any: hooks see it, and a refusal's
+                detail names its method and path.
+            raise_exceeded: raise ``RateLimitExceeded`` instead of returning a refusal
+                (inside an endpoint behind the middleware, it becomes the standard 429), and
+                ``StorageError`` when the storage fails under ``failure_mode="deny"``.
+
+        Returns:
+            A ``Decision``: ``allowed``, ``retry_after``, and a ``PolicyState`` per policy
+            (``name``, ``quota``, ``window``, ``remaining``, ``reset``).
+        """
+        if not self.engine.settings.enabled:
+            return ADMITTED
+        plan, caller = self._calls.prepare(self.engine, key, limit, scope, cost, request)
+        return decision_of_call(self.engine.hit(plan, caller), raise_exceeded)
+
+    async def ahit(
+        self,
+        key: Any,
+        limit: str | Iterable[str],
+        *,
+        scope: str | None = None,
+        cost: Any = 1,
+        request: Any = None,
+        raise_exceeded: bool = False,
+    ) -> Decision:
+        """The async twin of ``hit`` (async storage, for ASGI apps and async code)."""
+        if not self.engine.settings.enabled:
+            return ADMITTED
+        plan, caller = self._calls.prepare(self.engine, key, limit, scope, cost, request)
+        return decision_of_call(await self.engine.ahit(plan, caller), raise_exceeded)
+
+    def peek(
+        self,
+        key: Any,
+        limit: str | Iterable[str],
+        *,
+        scope: str | None = None,
+        cost: Any = 1,
+        request: Any = None,
+        raise_exceeded: bool = False,
+    ) -> Decision:
+        """Whether a call like ``hit``'s would be admitted now, counting nothing.
+
+        ``remaining`` is what is left now (nothing is taken); with ``raise_exceeded`` a call
+        that would be refused raises ``RateLimitExceeded`` (the standard 429 in an endpoint).
+        Example: refuse a login early for a username already locked out, without counting
+        the attempt::
+
+            limiter.peek(username, "5/15 minutes", scope="login-failures", raise_exceeded=True)
+        """
+        if not self.engine.settings.enabled:
+            return ADMITTED
+        plan, caller = self._calls.prepare(self.engine, key, limit, scope, cost, request)
+        return decision_of_call(self.engine.hit(plan, caller, op="peek"), raise_exceeded)
+
+    async def apeek(
+        self,
+        key: Any,
+        limit: str | Iterable[str],
+        *,
+        scope: str | None = None,
+        cost: Any = 1,
+        request: Any = None,
+        raise_exceeded: bool = False,
+    ) -> Decision:
+        """The async twin of ``peek``."""
+        if not self.engine.settings.enabled:
+            return ADMITTED
+        plan, caller = self._calls.prepare(self.engine, key, limit, scope, cost, request)
+        outcome = await self.engine.ahit(plan, caller, op="peek")
+        return decision_of_call(outcome, raise_exceeded)
 
     # -- storage ------------------------------------------------------------------------------
 

@@ -42,7 +42,19 @@ __all__ = ["DEFAULT_BUCKETS", "PrometheusMetrics"]
 #: Decision latency buckets, in seconds: in-memory decisions take microseconds, Redis ones
 #: a round trip (a millisecond or so on a LAN), and a storage timeout 0.25 s.
 DEFAULT_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
 )
 
 _INSTALL_HINT = (
@@ -96,24 +108,33 @@ class PrometheusMetrics:
         options: dict[str, Any] = {"namespace": namespace, "registry": registry}
         try:
             self.requests = prometheus.Counter(
-                "requests_total", "Requests a rate limit applied to, by outcome.",
-                ["route", "outcome"], **options,
+                "requests_total",
+                "Requests a rate limit applied to, by outcome.",
+                ["route", "outcome"],
+                **options,
             )
             self.policy_denials = prometheus.Counter(
-                "policy_denials_total", "Requests refused, by the policy that refused them.",
-                ["route", "policy"], **options,
+                "policy_denials_total",
+                "Requests refused, by the policy that refused them.",
+                ["route", "policy"],
+                **options,
             )
             self.shadow_policy_denials = prometheus.Counter(
                 "shadow_policy_denials_total",
                 "Requests a shadow (not enforced) policy would have refused.",
-                ["route", "policy"], **options,
+                ["route", "policy"],
+                **options,
             )
             self.storage_errors = prometheus.Counter(
-                "storage_errors_total", "Rate-limit storage failures.", **options,
+                "storage_errors_total",
+                "Rate-limit storage failures.",
+                **options,
             )
             self.decision_seconds = prometheus.Histogram(
-                "decision_seconds", "Time taken to decide one request, storage included.",
-                buckets=tuple(buckets), **options,
+                "decision_seconds",
+                "Time taken to decide one request, storage included.",
+                buckets=tuple(buckets),
+                **options,
             )
         except ValueError as exc:  # "Duplicated timeseries in CollectorRegistry"
             raise ConfigurationError(

@@ -37,7 +37,11 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 __all__ = [
-    "document_rate_limits", "install", "install_openapi", "limited_groups", "registrations",
+    "document_rate_limits",
+    "install",
+    "install_openapi",
+    "limited_groups",
+    "registrations",
 ]
 
 PROBLEM_SCHEMA = "RateLimitProblem"
@@ -72,8 +76,7 @@ _MODE_HEADERS: dict[str, dict[str, tuple[str, str]]] = {
     "legacy": {
         "X-RateLimit-Limit": ("The quota of the closest policy.", "integer"),
         "X-RateLimit-Remaining": ("Requests left in that policy's window.", "integer"),
-        "X-RateLimit-Reset": ("When that policy's quota is restored, in epoch seconds.",
-                              "integer"),
+        "X-RateLimit-Reset": ("When that policy's quota is restored, in epoch seconds.", "integer"),
     },
 }
 _RETRY_AFTER = (
@@ -109,20 +112,31 @@ def _schemas(openapi_version: str) -> dict[str, Any]:
     problem = {
         "type": "object",
         "description": "RFC 9457 problem details for a request over its rate limit.",
-        "required": ["type", "title", "status", "detail", "instance", "violated-policies",
-                     "policies"],
+        "required": [
+            "type",
+            "title",
+            "status",
+            "detail",
+            "instance",
+            "violated-policies",
+            "policies",
+        ],
         "properties": {
             "type": {"type": "string", "format": "uri", "examples": [PROBLEM_TYPE]},
             "title": {"type": "string", "examples": [PROBLEM_TITLE]},
             "status": {"type": "integer", "enum": [429]},
-            "detail": {"type": "string", "examples": [
-                "Rate limit exceeded: 5 requests per 1 minute on GET /search. "
-                "Try again in 17 seconds."
-            ]},
+            "detail": {
+                "type": "string",
+                "examples": [
+                    "Rate limit exceeded: 5 requests per 1 minute on GET /search. "
+                    "Try again in 17 seconds."
+                ],
+            },
             "instance": {"type": "string", "examples": ["/search"]},
             "violated-policies": {"type": "array", "items": {"type": "string"}},
             "retry_after": {
-                "type": "integer", "minimum": 1,
+                "type": "integer",
+                "minimum": 1,
                 "description": "Equal to the Retry-After header.",
             },
             "policies": {"type": "array", "items": {"$ref": f"{_REF}schemas/{POLICY_SCHEMA}"}},

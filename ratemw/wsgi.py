@@ -8,6 +8,7 @@ key function serves both worlds.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from ratemw._environ import request_path, route_path, wsgi_scope
-from ratemw.engine import APPLIED, Engine, Outcome, Planner, ResponseInfo
+from ratemw.engine import APPLIED, OUTCOME, Engine, Outcome, Planner, ResponseInfo
 from ratemw.errors import ConfigurationError, RateLimitExceeded
 from ratemw.limiter import Limiter
 from ratemw.policy.groups import is_async_callable
@@ -165,6 +166,9 @@ class WSGIRateLimitMiddleware:
         self.handler = handler
         self.routes = routes if routes is not None else _framework_routes(app)
         self._planner = Planner(self.rules)
+        catch_raised = getattr(self.routes, "catch_raised", None)
+        if catch_raised is not None:  # Flask answers a view's exceptions itself
+            catch_raised(self._raised_answer)
 
     def __repr__(self) -> str:
         rules = list(self.rules)
@@ -183,7 +187,10 @@ class WSGIRateLimitMiddleware:
         environ[APPLIED] = (*(applied or ()), limiter)
         try:
             return self._limit(engine, environ, start_response)
+        except RateLimitExceeded as exc:  # raised by the app: limiter.hit(...) in code
+            return self._answer_raised(environ, start_response, exc)
         finally:
+            environ.pop(OUTCOME, None)
             if applied is None:
                 environ.pop(APPLIED, None)
             else:
@@ -216,11 +223,36 @@ class WSGIRateLimitMiddleware:
         outcome = engine.decide(plan, request, method, path)
         if outcome.exceeded is not None or outcome.unavailable:
             return self._refuse(environ, start_response, request, outcome, path)
+        environ[OUTCOME] = outcome  # the request's standing, for ratemw.current
         if outcome.needs_settling:
             return self._call_and_settle(engine, environ, start_response, outcome)
         if not outcome.headers:
             return self.app(environ, start_response)
         return self.app(environ, _adding(start_response, outcome.headers))
+
+    def _raised_answer(self, exc: RateLimitExceeded) -> WSGIApplication:
+        """The WSGI application answering ``exc`` (for a framework's error handler)."""
+
+        def answer(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+            return self._answer_raised(environ, start_response, exc)
+
+        return answer
+
+    def _answer_raised(
+        self, environ: WSGIEnvironment, start_response: StartResponse, exc: RateLimitExceeded
+    ) -> Iterable[bytes]:
+        """Answer a ``RateLimitExceeded`` the app raised with the same 429 as a refusal (a
+        server that already sent headers raises again, as WSGI says)."""
+        if self.handler is not None:
+            request = Request(wsgi_scope(environ, exc.method, request_path(environ)))
+            return self.handler(request, exc)(environ, start_response)
+        status, headers, body = exceeded_response(exc)
+        exc_info = sys.exc_info()
+        if exc_info[0] is None:
+            start_response(_STATUS_LINES[status], headers)
+        else:
+            start_response(_STATUS_LINES[status], headers, exc_info)
+        return [body]
 
     def _call_and_settle(
         self,

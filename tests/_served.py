@@ -57,9 +57,7 @@ class Served:
             def routes(environ: dict[str, Any]) -> tuple[Any, str | None]:
                 return (endpoint, "/") if environ.get("PATH_INFO") == "/" else (None, None)
 
-            self.app = WSGIRateLimitMiddleware(
-                _wsgi_ok, limiter=limiter, routes=routes, **options
-            )
+            self.app = WSGIRateLimitMiddleware(_wsgi_ok, limiter=limiter, routes=routes, **options)
 
     def get(
         self,

@@ -237,8 +237,11 @@ def test_every_framework_answers_alike(app: App, clock: FakeClock) -> None:
     [
         pytest.param(
             "legacy",
-            [("x-ratelimit-limit", "2"), ("x-ratelimit-remaining", "0"),
-             ("x-ratelimit-reset", "1800000060")],
+            [
+                ("x-ratelimit-limit", "2"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1800000060"),
+            ],
             id="legacy",
         ),
         pytest.param(

@@ -78,7 +78,10 @@ def test_the_loaded_limiter_enforces_defaults_and_rules(tmp_path: Path) -> None:
 
 
 def test_pyproject_tool_table(tmp_path: Path) -> None:
-    write(tmp_path, "pyproject.toml", """\
+    write(
+        tmp_path,
+        "pyproject.toml",
+        """\
         [project]
         name = "shop"
 
@@ -89,7 +92,8 @@ def test_pyproject_tool_table(tmp_path: Path) -> None:
         [[tool.ratemw.rules]]
         path = "/api/*"
         limit = "10/second"
-        """)
+        """,
+    )
     config = load(tmp_path / "pyproject.toml", env={})
     assert isinstance(config.limiter.key, keys.header)
     assert config.limiter.key.name == "x-api-key"
@@ -176,15 +180,21 @@ def test_metrics_prometheus_shortcut() -> None:
         assert type(config.limiter.metrics).__name__ == "PrometheusMetrics"
     finally:
         metrics: Any = config.limiter.metrics
-        for collector in (metrics.requests, metrics.policy_denials, metrics.storage_errors,
-                          metrics.shadow_policy_denials, metrics.decision_seconds):
+        for collector in (
+            metrics.requests,
+            metrics.policy_denials,
+            metrics.storage_errors,
+            metrics.shadow_policy_denials,
+            metrics.decision_seconds,
+        ):
             REGISTRY.unregister(collector)
 
 
 # Every Limiter keyword argument but the clock (tests only) is a key; the list follows Limiter.
 VALID = ", ".join(sorted(set(inspect.signature(Limiter).parameters) - {"clock"}))
 RULE_KEYS = (
-    "path, limit, methods, per_method, shadow, key, cost, exempt_when, deduct_when, failure_mode"
+    "path, limit, methods, per_method, shadow, key, cost, exempt_when, deduct_when, "
+    "failure_mode, block"
 )
 
 
@@ -336,12 +346,18 @@ def test_errors_name_the_file_the_key_and_the_value(text: str, message: str) -> 
 
 def test_pyproject_errors_name_the_tool_table(tmp_path: Path) -> None:
     path = write(tmp_path, "pyproject.toml", '[tool.ratemw]\ndefault_limits = "5/fortnight"\n')
-    with pytest.raises(ConfigurationError, match=r"pyproject.toml: tool\.ratemw\.default_limits: "
-                       r"invalid limit '5/fortnight'"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"pyproject.toml: tool\.ratemw\.default_limits: "
+        r"invalid limit '5/fortnight'",
+    ):
         load(path, env={})
     write(tmp_path, "pyproject.toml", '[tool.ratemw]\nstorge = "memory://"\n')
-    with pytest.raises(ConfigurationError, match=r"pyproject.toml: tool\.ratemw: unknown key "
-                       r"'storge' \(did you mean 'storage'\?\)"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"pyproject.toml: tool\.ratemw: unknown key "
+        r"'storge' \(did you mean 'storage'\?\)",
+    ):
         load(path, env={})
     write(tmp_path, "pyproject.toml", '[project]\nname = "x"\n')
     with pytest.raises(ConfigurationError, match=r"pyproject.toml: no \[tool.ratemw\] table$"):
@@ -362,8 +378,9 @@ def test_toml_is_read_with_tomllib_or_tomli_on_python_310() -> None:
 
 
 def test_limiter_and_rules_are_usable_with_the_middleware(tmp_path: Path) -> None:
-    config = load(write(tmp_path, "ratemw.toml", '[[rules]]\npath = "/*"\nlimit = "1/minute"'),
-                  env={})
+    config = load(
+        write(tmp_path, "ratemw.toml", '[[rules]]\npath = "/*"\nlimit = "1/minute"'), env={}
+    )
     assert all(isinstance(rule, Rule) for rule in config.rules)
     limiter = Limiter(clock=FakeClock(), rules=config.rules)  # rules reusable elsewhere
     client = make_client(limiter)

@@ -46,6 +46,7 @@ README = ROOT / "README.md"
 RUN = [
     *sorted(DOCS.glob("getting-started/*.md")),
     DOCS / "testing.md",
+    DOCS / "limits-from-code.md",
     DOCS / "strategies.md",
     DOCS / "tiers.md",
 ]
@@ -83,7 +84,9 @@ sys.meta_path.insert(0, NotInstalled())
 
 # Runs a page's blocks as the __main__ module, so that pickling works as in a script. Each
 # block is compiled with its Markdown line numbers.
-RUNNER = FINDER + """
+RUNNER = (
+    FINDER
+    + """
 import types
 path, starts = sys.argv[1], [int(n) for n in sys.argv[2:]]
 with open(path, encoding="utf-8") as page:
@@ -101,12 +104,16 @@ for start in starts:
     code = compile("\\n" * start + "".join(body), path, "exec")
     exec(code, module.__dict__)
 """
+)
 
 # Runs each argument, an import statement of a page.
-IMPORTER = FINDER + """
+IMPORTER = (
+    FINDER
+    + """
 for statement in sys.argv[1:]:
     exec(statement, {})
 """
+)
 
 
 class Block(NamedTuple):
@@ -307,7 +314,11 @@ def test_examples_run(page: Path, tmp_path: Path) -> None:
     starts = [str(b.line) for b in blocks(page) if b.runs]
     result = subprocess.run(
         [sys.executable, "-c", RUNNER, str(page), *starts],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=page_env(page),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=page_env(page),
     )
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -316,16 +327,22 @@ def test_examples_run(page: Path, tmp_path: Path) -> None:
 def test_install_line_installs_what_the_page_imports(page: Path, tmp_path: Path) -> None:
     # Imports of installed distributions' modules, not of the reader's own (myproject.views).
     distributed = importlib.metadata.packages_distributions()
-    statements = sorted({
-        ast.unparse(node)
-        for block in blocks(page)
-        for node in imports(block.code)
-        if imported_top_levels(node) <= distributed.keys()
-    })
+    statements = sorted(
+        {
+            ast.unparse(node)
+            for block in blocks(page)
+            for node in imports(block.code)
+            if imported_top_levels(node) <= distributed.keys()
+        }
+    )
     assert statements, f"{page.name}: no imports to check"
     result = subprocess.run(
         [sys.executable, "-c", IMPORTER, *statements],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=page_env(page),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=page_env(page),
     )
     assert result.returncode == 0, (
         f"{page.name}: install line(s) {install_lines(page)}\n{result.stderr[-4000:]}"
@@ -393,7 +410,11 @@ def test_readme_declaring_limits_runs(tmp_path: Path) -> None:
     check = "\nmodule.app.build_middleware_stack()\n"
     result = subprocess.run(
         [sys.executable, "-c", RUNNER + check, str(README), *starts],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=page_env(README),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=page_env(README),
     )
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -405,9 +426,22 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
         pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's banner, not a warning of ours
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
-         str(ROOT / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-6000:]
     assert (tmp_path / "site" / "getting-started" / "fastapi" / "index.html").is_file()

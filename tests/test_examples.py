@@ -28,8 +28,18 @@ def serve() -> Iterator[object]:
     def start(app: str) -> str:
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                app,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
             cwd=ROOT,
         )
         processes.append(proc)
@@ -67,8 +77,9 @@ def test_fastapi_example(serve) -> None:  # type: ignore[no-untyped-def]
     url = serve("examples.fastapi_app:app")
     with httpx2.Client(base_url=url) as client:
         assert [client.get("/users/7").status_code for _ in range(4)] == [200] * 3 + [429]
-        free = [client.get("/reports", headers={"X-API-Key": "free-1"}).status_code
-                for _ in range(11)]
+        free = [
+            client.get("/reports", headers={"X-API-Key": "free-1"}).status_code for _ in range(11)
+        ]
         assert free == [200] * 10 + [429]
         assert client.get("/reports", headers={"X-API-Key": "pro-1"}).status_code == 200
         response = client.get("/search")
@@ -80,9 +91,36 @@ def test_fastapi_example(serve) -> None:  # type: ignore[no-untyped-def]
 
 def test_demo_runs_and_exits_zero() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "examples.demo"], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "examples.demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "HTTP/1.1 429 Too Many Requests" in result.stdout
     assert '"retry_after": 60' in result.stdout
+
+
+def test_failed_logins_example(serve) -> None:  # type: ignore[no-untyped-def]
+    url = serve("examples.failed_logins:app")
+
+    def login(client: httpx2.Client, username: str, password: str) -> httpx2.Response:
+        return client.post("/login", json={"username": username, "password": password})
+
+    with httpx2.Client(base_url=url) as client:
+        # Five wrong passwords for one username lock it out, right password or not.
+        assert [login(client, "ada", "nope").status_code for _ in range(5)] == [401] * 5
+        locked = login(client, "ada", "lovelace")
+        assert locked.status_code == 429
+        assert 899 <= int(locked.headers["retry-after"]) <= 900
+        assert locked.headers["content-type"] == "application/problem+json"
+        assert locked.json()["policies"][0]["name"] == "login-failures-per-15-minutes"
+        # The username is locked, not the address: another user from it logs in.
+        assert login(client, "grace", "hopper").status_code == 200
+        # Right passwords are never counted: after 20 of them, 5 failures still lock.
+        assert all(login(client, "grace", "hopper").status_code == 200 for _ in range(20))
+        assert [login(client, "grace", "x").status_code for _ in range(6)] == [401] * 5 + [429]
+        # Odd bodies are a failed login, never a 500.
+        for body in (b"", b"[]", b'{"username": 5}', b"\xff"):
+            assert client.post("/login", content=body).status_code in (401, 429)

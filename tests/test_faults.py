@@ -450,8 +450,10 @@ async def test_limiting_resumes_after_a_restart_asgi(
             after = [await asgi_get(client) for _ in range(6)]
     finally:
         await close_async(limiter)
-    print(f"\nASGI: {len(outage)} requests in the outage; counted again {recovered_after:.2f} s "
-          "after the restart")
+    print(
+        f"\nASGI: {len(outage)} requests in the outage; counted again {recovered_after:.2f} s "
+        "after the restart"
+    )
     check_recovery(server, caplog, errors, outage, recovery, after)
     # The breaker probes again after its backoff: at most max_backoff (2 s) once Redis is back.
     assert recovered_after < 3.0
@@ -483,8 +485,10 @@ def test_limiting_resumes_after_a_restart_wsgi(
         after = [wsgi_get(app) for _ in range(6)]
     finally:
         close_sync(limiter)
-    print(f"\nWSGI: {len(outage)} requests in the outage; counted again {recovered_after:.2f} s "
-          "after the restart")
+    print(
+        f"\nWSGI: {len(outage)} requests in the outage; counted again {recovered_after:.2f} s "
+        "after the restart"
+    )
     check_recovery(server, caplog, errors, outage, recovery, after)
     assert recovered_after < 3.0
 
@@ -629,8 +633,13 @@ def check_latency(
 ) -> None:
     healthy = [s for s in samples if s.ended < marks["began"]]
     touched = [s for s in samples if s.ended >= marks["began"] and s.started < marks["ended"]]
-    print(f"\n{name}: " + summary("healthy", healthy) + "; " + summary("unhealthy", touched)
-          + f"; worst scheduling delay {lag.worst * 1000:.0f} ms")
+    print(
+        f"\n{name}: "
+        + summary("healthy", healthy)
+        + "; "
+        + summary("unhealthy", touched)
+        + f"; worst scheduling delay {lag.worst * 1000:.0f} ms"
+    )
     assert statuses(touched) == {200}, "failure_mode='allow': let through"
     # At most one socket timeout per request, never two in a row (counted from the fault's
     # start for the requests already under way: what came before is the machine's load).
@@ -889,9 +898,11 @@ async def test_a_dead_cluster_node_gets_the_failure_mode_then_limiting_resumes(
     finally:
         await close_async(limiter)
         close_sync(limiter)
-    print(f"\ncluster: {len(outage)} requests while a node was dead, worst "
-          f"{max(s.latency for s in outage) * 1000:.0f} ms; counted again "
-          f"{counted_after:.2f} s after the cluster was whole")
+    print(
+        f"\ncluster: {len(outage)} requests while a node was dead, worst "
+        f"{max(s.latency for s in outage) * 1000:.0f} ms; counted again "
+        f"{counted_after:.2f} s after the cluster was whole"
+    )
     assert len(outage) >= 20
     for sample in outage:
         assert_unavailable(sample)
@@ -926,8 +937,10 @@ def test_websocket_handshakes_get_the_failure_mode(dead_url: str, mode: str) -> 
     with TestClient(app) as client:
         if mode == "deny":
             for _ in range(2):
-                with pytest.raises(WebSocketDenialResponse) as refused, \
-                        client.websocket_connect("/ws"):
+                with (
+                    pytest.raises(WebSocketDenialResponse) as refused,
+                    client.websocket_connect("/ws"),
+                ):
                     pass  # pragma: no cover - the handshake is refused
                 assert refused.value.status_code == 503
                 assert refused.value.headers["retry-after"] == "1"
@@ -939,14 +952,17 @@ def test_websocket_handshakes_get_the_failure_mode(dead_url: str, mode: str) -> 
                 with client.websocket_connect("/ws") as ws:
                     assert ws.receive_text() == "hi"
             else:
-                with pytest.raises(WebSocketDenialResponse) as refused, \
-                        client.websocket_connect("/ws"):
+                with (
+                    pytest.raises(WebSocketDenialResponse) as refused,
+                    client.websocket_connect("/ws"),
+                ):
                     pass  # pragma: no cover - the handshake is refused
                 assert refused.value.status_code == 429
     if mode == "deny":  # a server without the extension: the handshake is closed with 1008
         sent = anyio.run(websocket_handshake, app)
-        assert sent == [{"type": "websocket.close", "code": 1008,
-                         "reason": "rate limits unavailable"}]
+        assert sent == [
+            {"type": "websocket.close", "code": 1008, "reason": "rate limits unavailable"}
+        ]
 
 
 # -- logging once per incident, the hook per request -----------------------------------------------

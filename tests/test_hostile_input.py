@@ -276,10 +276,14 @@ NAMES = st.sampled_from([
 # absent, blank or varied.
 ADDRESSES = st.ip_addresses().map(str)
 PLAUSIBLE = st.one_of(
-    st.tuples(st.just(b"x-forwarded-for"), st.lists(ADDRESSES, min_size=1, max_size=3).map(
-        lambda hops: ", ".join(hops).encode())),
-    st.tuples(st.just(b"forwarded"), ADDRESSES.map(
-        lambda a: (f'for="[{a}]"' if ":" in a else f"for={a}").encode())),
+    st.tuples(
+        st.just(b"x-forwarded-for"),
+        st.lists(ADDRESSES, min_size=1, max_size=3).map(lambda hops: ", ".join(hops).encode()),
+    ),
+    st.tuples(
+        st.just(b"forwarded"),
+        ADDRESSES.map(lambda a: (f'for="[{a}]"' if ":" in a else f"for={a}").encode()),
+    ),
     st.tuples(st.just(b"x-real-ip"), ADDRESSES.map(str.encode)),
     st.tuples(st.just(b"x-api-key"), st.sampled_from([b"", b" ", b"\t", b"k1", b"k2"])),
     st.tuples(st.just(b"x-user"), st.sampled_from([b"alice", b"bob", b"\xff", b""])),
@@ -425,14 +429,10 @@ CASES = [
         id="IPv6 caller varying its /64 and zone",
     ),
     pytest.param(
-        same_caller(
-            client=lambda i: (CALLER_V4 if i % 2 else f"::ffff:{CALLER_V4}", 50000)
-        ),
+        same_caller(client=lambda i: (CALLER_V4 if i % 2 else f"::ffff:{CALLER_V4}", 50000)),
         id="IPv4 and IPv4-mapped IPv6 are one caller",
     ),
-    pytest.param(
-        same_caller(client=lambda i: None), id="no client address: one shared bucket"
-    ),
+    pytest.param(same_caller(client=lambda i: None), id="no client address: one shared bucket"),
     pytest.param(
         same_caller(
             route=lambda i: "api-key",
@@ -482,16 +482,19 @@ def test_a_newline_in_the_path_does_not_escape_a_rule(adapter: str) -> None:
     rule = Rule("/api/*", "1/minute")
     sent = same_caller(path=lambda i: f"{i}\n")
     if adapter == "asgi":
+
         async def anything(scope: Any, receive: Any, send: Any) -> None:
             await PlainTextResponse("ok")(scope, receive, send)
 
         asgi = RateLimitMiddleware(anything, limiter=limiter, rules=[rule])
-        statuses = [asgi_call(asgi, Sent("api", s.path, s.client, [], s.who))
-                    for s in map(sent, range(2))]
+        statuses = [
+            asgi_call(asgi, Sent("api", s.path, s.client, [], s.who)) for s in map(sent, range(2))
+        ]
     else:
         wsgi = WSGIRateLimitMiddleware(hello, limiter=limiter, rules=[rule])
-        statuses = [wsgi_call(wsgi, Sent("api", s.path, s.client, [], s.who))
-                    for s in map(sent, range(2))]
+        statuses = [
+            wsgi_call(wsgi, Sent("api", s.path, s.client, [], s.who)) for s in map(sent, range(2))
+        ]
     assert statuses == [200, 429]
 
 

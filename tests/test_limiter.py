@@ -32,16 +32,19 @@ from ratemw import ConfigurationError, Limiter, Rule
             {"default_limits": "1 per 100000000 years"}, "100000000 years", id="window too long"
         ),
         pytest.param(
-            {"default_limits": "10000000000000000/second"}, "10000000000000000",
+            {"default_limits": "10000000000000000/second"},
+            "10000000000000000",
             id="amount too large",
         ),
         pytest.param(
             {"default_limits": "1000000/year", "strategy": "sliding-window-counter"},
-            "1000000/year", id="too large for a sliding window to count exactly",
+            "1000000/year",
+            id="too large for a sliding window to count exactly",
         ),
         pytest.param(
             {"default_limits": "10/second burst 10000000000000", "strategy": "gcra"},
-            "burst 10000000000000", id="a burst too large for GCRA to count exactly",
+            "burst 10000000000000",
+            id="a burst too large for GCRA to count exactly",
         ),
         pytest.param({"fallback_limits": "garbage"}, "garbage", id="bad fallback limits"),
         pytest.param({"fallback_limits": 5}, "5", id="fallback limits not a string"),
@@ -115,7 +118,6 @@ def test_rules_must_be_rule_objects() -> None:
 )
 def test_rule_patterns(pattern: str, path: str, matches: bool) -> None:
     assert Rule(pattern, "1/second").matches(path) is matches
-
 
 
 @pytest.mark.parametrize(

@@ -60,8 +60,12 @@ def test_allowed_and_denied_by_route_template_and_policy(registry: CollectorRegi
 
 
 def test_no_per_key_labels_however_many_callers(registry: CollectorRegistry) -> None:
-    limiter = Limiter(clock=FakeClock(), metrics=PrometheusMetrics(registry=registry),
-                      default_limits="5/minute", key=keys.header("X-API-Key"))
+    limiter = Limiter(
+        clock=FakeClock(),
+        metrics=PrometheusMetrics(registry=registry),
+        default_limits="5/minute",
+        key=keys.header("X-API-Key"),
+    )
     client = make_client(limiter)
     for n in range(50):
         assert client.get("/", headers={"X-API-Key": f"caller-{n}"}).status_code == 200
@@ -77,8 +81,7 @@ def test_shadow_denials_are_allowed_but_counted(registry: CollectorRegistry) -> 
     assert value(samples, "ratemw_requests_total", route="/", outcome="allowed") == 1
     assert value(samples, "ratemw_requests_total", route="/", outcome="shadow_denied") == 2
     assert value(samples, "ratemw_requests_total", route="/", outcome="denied") == 0
-    assert value(samples, "ratemw_shadow_policy_denials_total", route="/",
-                 policy="per-minute") == 2
+    assert value(samples, "ratemw_shadow_policy_denials_total", route="/", policy="per-minute") == 2
     assert value(samples, "ratemw_policy_denials_total", route="/", policy="per-minute") == 0
 
 
@@ -114,8 +117,13 @@ def test_namespace_and_the_default_registry() -> None:
         with pytest.raises(ConfigurationError, match="metrics named shop_ratemw_\\* are already"):
             PrometheusMetrics(namespace="shop_ratemw")
     finally:
-        for collector in (metrics.requests, metrics.policy_denials, metrics.storage_errors,
-                          metrics.shadow_policy_denials, metrics.decision_seconds):
+        for collector in (
+            metrics.requests,
+            metrics.policy_denials,
+            metrics.storage_errors,
+            metrics.shadow_policy_denials,
+            metrics.decision_seconds,
+        ):
             REGISTRY.unregister(collector)
 
 

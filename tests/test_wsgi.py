@@ -106,18 +106,30 @@ def test_scope_survives_what_a_broken_server_sends() -> None:
 @pytest.mark.parametrize(
     ("extra", "client"),
     [
-        pytest.param({"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": "4711"}, ("192.0.2.9", 4711),
-                     id="address and port"),
-        pytest.param({"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": 4711}, ("192.0.2.9", 4711),
-                     id="port as a number"),
-        pytest.param({"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": "x"}, ("192.0.2.9", 0),
-                     id="bad port"),
-        pytest.param({"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": "\u00b2"}, ("192.0.2.9", 0),
-                     id="a digit int() refuses"),
-        pytest.param({"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": ""}, ("192.0.2.9", 0),
-                     id="empty port"),
-        pytest.param({"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": None}, ("192.0.2.9", 0),
-                     id="no port"),
+        pytest.param(
+            {"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": "4711"},
+            ("192.0.2.9", 4711),
+            id="address and port",
+        ),
+        pytest.param(
+            {"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": 4711},
+            ("192.0.2.9", 4711),
+            id="port as a number",
+        ),
+        pytest.param(
+            {"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": "x"}, ("192.0.2.9", 0), id="bad port"
+        ),
+        pytest.param(
+            {"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": "\u00b2"},
+            ("192.0.2.9", 0),
+            id="a digit int() refuses",
+        ),
+        pytest.param(
+            {"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": ""}, ("192.0.2.9", 0), id="empty port"
+        ),
+        pytest.param(
+            {"REMOTE_ADDR": "192.0.2.9", "REMOTE_PORT": None}, ("192.0.2.9", 0), id="no port"
+        ),
         pytest.param({"REMOTE_ADDR": ""}, None, id="empty address"),
         pytest.param({"REMOTE_ADDR": None}, None, id="no address"),
     ],
@@ -411,8 +423,14 @@ def test_429_is_problem_json_and_the_app_is_not_called(clock: FakeClock) -> None
         "violated-policies": ["per-minute"],
         "retry_after": 17,
         "policies": [
-            {"name": "per-minute", "quota": 2, "unit": "requests", "window": 60,
-             "remaining": 0, "reset": 17},
+            {
+                "name": "per-minute",
+                "quota": 2,
+                "unit": "requests",
+                "window": 60,
+                "remaining": 0,
+                "reset": 17,
+            },
         ],
     }
     clock.advance(17)
@@ -463,8 +481,10 @@ def test_exc_info_reaches_the_server(clock: FakeClock) -> None:
     assert status.startswith("500")
     assert exc_info is not None and isinstance(exc_info[1], RuntimeError)
     assert ("RateLimit", '"per-minute";r=4;t=60') in first
-    assert second == [("RateLimit-Policy", '"per-minute";q=5;w=60'),
-                      ("RateLimit", '"per-minute";r=4;t=60')]
+    assert second == [
+        ("RateLimit-Policy", '"per-minute";q=5;w=60'),
+        ("RateLimit", '"per-minute";r=4;t=60'),
+    ]
 
 
 def test_handler_answers_instead_of_the_default_429(clock: FakeClock) -> None:
@@ -484,7 +504,9 @@ def test_handler_answers_instead_of_the_default_429(clock: FakeClock) -> None:
     call(app, "/x")
     refused = call(app, "/x")
     assert (refused.status, refused.body, refused.headers) == (
-        429, b"slow down", [("Retry-After", "60")]
+        429,
+        b"slow down",
+        [("Retry-After", "60")],
     )
     request, exc = seen[0]
     assert isinstance(request, Request)
@@ -530,8 +552,9 @@ def test_storage_failure(
     [
         pytest.param({"limiter": object()}, "limiter must be a ratemw.Limiter", id="limiter"),
         pytest.param({"handler": "nope"}, "handler must be a sync callable", id="handler"),
-        pytest.param({"handler": lambda r, e: None, "routes": 1}, "routes must be callable",
-                     id="routes"),
+        pytest.param(
+            {"handler": lambda r, e: None, "routes": 1}, "routes must be callable", id="routes"
+        ),
         pytest.param({"rules": ["/api/*"]}, "rules must be ratemw.Rule", id="rules"),
     ],
 )

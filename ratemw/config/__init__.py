@@ -105,9 +105,7 @@ def load(
     return _build(table, found, str(found), prefix, env)
 
 
-def loads(
-    text: str, *, source: str = "ratemw.toml", env: Mapping[str, str] = os.environ
-) -> Config:
+def loads(text: str, *, source: str = "ratemw.toml", env: Mapping[str, str] = os.environ) -> Config:
     """Build a configuration from TOML text (as ``ratemw.toml`` holds it).
 
     Example::
@@ -146,8 +144,11 @@ def _check_arguments(where: Where, kwargs: dict[str, Any], from_env: dict[str, A
     if "storage_options" in kwargs:
         options = kwargs["storage_options"]
         storage = kwargs.get("storage", "memory://")
-        check(where, "storage_options",
-              partial(Limiter, storage=storage, storage_options=dict(options)))
+        check(
+            where,
+            "storage_options",
+            partial(Limiter, storage=storage, storage_options=dict(options)),
+        )
     return strategy
 
 
@@ -161,9 +162,7 @@ def _build(
         raise where.unknown("", unknown, valid)
     from_env, overrides = environment(env)
     settings = {**table, **from_env}
-    kwargs = {
-        key: setting(where, key, value) for key, value in settings.items() if key != "rules"
-    }
+    kwargs = {key: setting(where, key, value) for key, value in settings.items() if key != "rules"}
     strategy = _check_arguments(where, kwargs, from_env)
     rules = build_rules(where, settings.get("rules", []), strategy)
     if "storage_options" in kwargs:  # the storage takes options out of the dict it is given

@@ -35,8 +35,7 @@ def environment(env: Mapping[str, str]) -> tuple[dict[str, Any], tuple[str, ...]
             found["enabled"] = False
         else:
             raise ConfigurationError(
-                f"environment variable {ENV_ENABLED}: expected true, false, 1 or 0, "
-                f"got {enabled!r}"
+                f"environment variable {ENV_ENABLED}: expected true, false, 1 or 0, got {enabled!r}"
             )
         names.append(ENV_ENABLED)
     return found, tuple(names)

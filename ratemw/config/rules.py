@@ -21,8 +21,17 @@ from ratemw.policy.rules import Rule
 __all__ = ["build_rules"]
 
 _RULE_KEYS = (
-    "path", "limit", "methods", "per_method", "shadow", "key", "cost", "exempt_when",
-    "deduct_when", "failure_mode",
+    "path",
+    "limit",
+    "methods",
+    "per_method",
+    "shadow",
+    "key",
+    "cost",
+    "exempt_when",
+    "deduct_when",
+    "failure_mode",
+    "block",
 )
 
 
@@ -68,7 +77,7 @@ def _rule_value(where: Where, name: str, key: str, value: Any) -> Any:
         return limit if isinstance(limit, str) else ";".join(limit)
     if key == "methods":
         _check_methods(where, name, value)
-    if key in ("per_method", "shadow") and not isinstance(value, bool):
+    if key in ("per_method", "shadow", "block") and not isinstance(value, bool):
         raise bad(where, name, value, "true or false")
     if key == "key":
         return key_function(where, name, value)

@@ -46,7 +46,11 @@ class Where:
 
 def _type_name(value: Any) -> str:
     return {
-        bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
         dict: "table",
     }.get(type(value), type(value).__name__)
 
@@ -112,8 +116,10 @@ def key_function(where: Where, key: str, value: Any) -> Any:
         return import_callable(where, key, value)
     if not isinstance(value, dict):
         raise bad(
-            where, key, value,
-            "an import path or a table such as { type = \"header\", name = \"X-API-Key\" }",
+            where,
+            key,
+            value,
+            'an import path or a table such as { type = "header", name = "X-API-Key" }',
         )
     return _key_from_table(where, key, value)
 
@@ -124,8 +130,9 @@ def _key_from_table(where: Where, key: str, value: dict[str, Any]) -> Any:
     kind = options.pop("type", None)
     factory = _KEY_TYPES.get(kind) if isinstance(kind, str) else None
     if factory is None:
-        raise where.error(f"{key}.type", f"unknown key type {kind!r}; expected one of "
-                          f"{sorted(_KEY_TYPES)}")
+        raise where.error(
+            f"{key}.type", f"unknown key type {kind!r}; expected one of {sorted(_KEY_TYPES)}"
+        )
     parameters = inspect.signature(factory).parameters
     valid = list(parameters)
     unknown = sorted(set(options) - set(valid))

@@ -19,6 +19,10 @@
     @limiter.limit("5/minute")        # "items/<int:pk>/" is one bucket, whatever the pk
     def item(request, pk): ...
 
+Coming from django-ratelimit? ``from ratemw.contrib.django import ratelimit`` (and
+``Ratelimited``, ``is_ratelimited``, ``get_usage``, ``ALL``, ``UNSAFE``) takes the same
+arguments; see the migration guide.
+
 The middleware works under WSGI and ASGI Django: in an async middleware chain it decides on
 the limiter's async storage without blocking the event loop. A Django app wrapped whole can
 use ``WSGIRateLimitMiddleware(application, limiter=..., routes=DjangoRoutes())`` instead.
@@ -28,23 +32,40 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpResponse  # type: ignore[import-untyped]
 from starlette.requests import Request
 
 from ratemw._environ import wsgi_scope
+from ratemw.contrib._django_ratelimit import (
+    ALL,
+    UNSAFE,
+    Ratelimited,
+    get_usage,
+    is_ratelimited,
+    ratelimit,
+)
 from ratemw.contrib._django_settings import Config, current, get_limiter
-from ratemw.engine import APPLIED, Engine, Outcome, Plan, ResponseInfo
+from ratemw.engine import APPLIED, OUTCOME, Engine, Outcome, Plan, ResponseInfo
+from ratemw.errors import RateLimitExceeded
 from ratemw.keys import client_ip
 from ratemw.policy.problems import exceeded_response, unavailable_response
 from ratemw.routes.django import DjangoRoutes, resolve_view
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["DjangoRoutes", "RateLimitMiddleware", "get_limiter", "user_or_ip"]
+__all__ = [
+    "ALL",
+    "UNSAFE",
+    "DjangoRoutes",
+    "RateLimitMiddleware",
+    "Ratelimited",
+    "get_limiter",
+    "get_usage",
+    "is_ratelimited",
+    "ratelimit",
+    "user_or_ip",
+]
 
 
 # -- the middleware -------------------------------------------------------------------------
@@ -94,9 +115,11 @@ def _refusal(pending: _Pending, request: Any, outcome: Outcome) -> Any:
     if exc is not None and handler is not None:
         return handler(request, exc)
     if exc is not None:
-        status, headers, body = exceeded_response(exc)
-    else:
-        status, headers, body = unavailable_response(pending.path)
+        return _response(*exceeded_response(exc))
+    return _response(*unavailable_response(pending.path))
+
+
+def _response(status: int, headers: list[tuple[str, str]], body: bytes) -> Any:
     response = HttpResponse(body, status=status)
     for name, value in headers:
         response.headers[name] = value
@@ -158,6 +181,16 @@ class RateLimitMiddleware:
             markcoroutinefunction(self)
         current()
 
+    def process_exception(self, request: Any, exception: Exception) -> Any:
+        """A view raised ``RateLimitExceeded`` (``limiter.hit(..., raise_exceeded=True)``,
+        or ``@ratelimit(block=True)``): answer with the standard 429."""
+        if not isinstance(exception, RateLimitExceeded):
+            return None
+        handler = current().handler
+        if handler is not None:
+            return handler(request, exception)
+        return _response(*exceeded_response(exception))
+
     def __call__(self, request: Any) -> Any:
         if self.is_async:
             return self.__acall__(request)
@@ -168,6 +201,7 @@ class RateLimitMiddleware:
         outcome = engine.decide(pending.plan, pending.request, pending.method, pending.path)
         if outcome.exceeded is not None or outcome.unavailable:
             return _refusal(pending, request, outcome)
+        request.META[OUTCOME] = outcome  # the request's standing, for ratemw.current
         if not outcome.needs_settling:
             return _with_headers(self.get_response(request), outcome.headers)
         try:
@@ -185,6 +219,8 @@ class RateLimitMiddleware:
             return await self.get_response(request)
         engine = pending.engine
         outcome = await engine.adecide(pending.plan, pending.request, pending.method, pending.path)
+        if outcome.exceeded is None and not outcome.unavailable:
+            request.META[OUTCOME] = outcome  # the request's standing, for ratemw.current
         if outcome.exceeded is not None or outcome.unavailable:
             response = _refusal(pending, request, outcome)
             if inspect.isawaitable(response):

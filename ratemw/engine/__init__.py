@@ -31,6 +31,7 @@ Words used across the engine, each defined once:
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any
 
 from ratemw._bounded import Bounded
@@ -47,11 +48,15 @@ from ratemw.engine.plans import (
     groups_for,
 )
 from ratemw.engine.settings import Metrics, Settings
+from ratemw.policy.groups import LimitGroup
 from ratemw.policy.rules import Rule
 
 __all__ = [
     "APPLIED",
+    "CODE",
+    "OUTCOME",
     "PASS",
+    "Caller",
     "Declarations",
     "Engine",
     "Metrics",
@@ -63,12 +68,44 @@ __all__ = [
     "Storages",
 ]
 
+
+class Caller:
+    """Who a call from code counts as, standing in for a request on the decision path.
+
+    The plan's key function reads ``identity``; everything else (hooks reading headers,
+    say) is the ``request`` it was made for, if one was given.
+    """
+
+    __slots__ = ("identity", "method", "path", "request")
+
+    def __init__(self, identity: str, method: str, path: str, request: Any = None) -> None:
+        self.identity = identity
+        self.method = method
+        self.path = path
+        self.request = request
+
+    def __getattr__(self, name: str) -> Any:
+        if self.request is None:
+            raise AttributeError(f"a call from code ({self.path}) has no request: no {name!r}")
+        return getattr(self.request, name)
+
+
+def caller_identity(caller: Caller) -> str:
+    """The key function of a limit counted from code."""
+    return caller.identity
+
+
 _MAX_BATCH_IDS = 65536
+_MAX_CODE_PLANS = 1024
+#: The method of a call from code (``Limiter.hit``) made for no request: none.
+CODE = ""
 
 #: The limiters that already decided a request, in its ASGI scope or WSGI environ: the same
 #: limiter installed twice in one stack (an app and its mounted sub-app, a middleware added
 #: twice) counts the request once and writes its headers once.
 APPLIED = "ratemw.limiters"
+#: Where an adapter keeps a request's outcome for its endpoint (``ratemw.current``).
+OUTCOME = "ratemw.outcome"
 
 
 class Engine:
@@ -104,6 +141,7 @@ class Engine:
         # all its paths and hosts. Bounded: past the bound, ids are handed out afresh.
         self._batch_ids: Bounded[tuple[Any, ...], int] = Bounded(_MAX_BATCH_IDS)
         self._next_batch_id = itertools.count(1)
+        self._code_plans: Bounded[tuple[Any, ...], Plan] = Bounded(_MAX_CODE_PLANS)
 
     def _batch_id(self, signature: tuple[Any, ...]) -> int:
         found = self._batch_ids.get(signature)
@@ -141,3 +179,26 @@ class Engine:
     async def asettle(self, outcome: Outcome, response: ResponseInfo) -> None:
         """The async twin of ``settle``."""
         await arun(self.storages, settle(self.context, outcome, response))
+
+    # -- limits from code (Limiter.hit and peek) --------------------------------------------
+
+    def code_plan(self, group: LimitGroup) -> Plan:
+        """The plan of a limit counted from code (never quiet: its caller wants the numbers).
+
+        Plans are kept by what the group is made of: a hot ``hit`` call compiles once.
+        """
+        found = self._code_plans.get(group.signature)
+        if found is None:
+            plan = compile_plan(self.settings, group.bucket, [group], CODE, batch_id=self._batch_id)
+            found = self._code_plans.put(group.signature, replace(plan, quiet=False, headed=False))
+        return found
+
+    def hit(self, plan: Plan, caller: Caller, op: str = "acquire") -> Outcome:
+        """Count (or, with ``op="peek"``, only look at) one call from code, sync storage."""
+        steps = decide(self.context, plan, caller, caller.method, caller.path, op)
+        return run(self.storages, steps)
+
+    async def ahit(self, plan: Plan, caller: Caller, op: str = "acquire") -> Outcome:
+        """The async twin of ``hit``."""
+        steps = decide(self.context, plan, caller, caller.method, caller.path, op)
+        return await arun(self.storages, steps)

@@ -62,7 +62,7 @@ from ratemw.policy.groups import (
 )
 from ratemw.policy.headers import rate_limit_headers, state_item
 from ratemw.policy.limits import Quota, checked_quotas
-from ratemw.storage._base import CONCURRENCY, Hit, Usage
+from ratemw.storage.base import CONCURRENCY, Hit, Usage
 
 __all__ = [
     "PASS",
@@ -125,9 +125,19 @@ class Outcome:
     stamp: int = 0
     fallback: bool = False
     needs_settling: bool = False
+    #: What a quiet admission was decided from, for ``explain``: (used, usages).
+    basis: tuple[Sequence[Used], list[Usage]] | None = None
 
     def __init__(self, headers: list[tuple[str, str]]) -> None:
         self.headers = headers
+
+    def explain(self) -> Decision | None:
+        """The decision, built now for a quiet admission (which needed only its headers);
+        ``None`` for a request no limit was asked about."""
+        if self.decision is None and self.basis is not None:
+            used, usages = self.basis
+            self.decision = decision_of(policy_rows(used), usages)
+        return self.decision
 
     @classmethod
     def admitted(
@@ -187,8 +197,13 @@ class Context:
 # -- the path -----------------------------------------------------------------------------------
 
 
-def decide(context: Context, plan: Plan, request: Any, method: str, path: str) -> Step:
+def decide(
+    context: Context, plan: Plan, request: Any, method: str, path: str, op: str = "acquire"
+) -> Step:
     """Decide one request on ``plan``. A generator: see the module docstring.
+
+    ``op="peek"`` decides as the request would be decided, consuming nothing (the storage
+    answers with its numbers as they stand).
 
     Read top to bottom, it is the whole path: request filters; per limit group its
     exemption, the caller's identity and (unless the plan is static) its quotas, cost and
@@ -237,16 +252,20 @@ def decide(context: Context, plan: Plan, request: Any, method: str, path: str) -
     if not hits:
         return PASS
     # The storage acquires them all, or none. A static plan's hits (a kept Batch) are
-    # yielded as they are: they never take concurrency slots, which the driver must watch.
-    result = yield hits if static else StorageCall(hits)
+    # yielded as they are (they never take concurrency slots, which the driver watches);
+    # any other call is named.
+    result = yield hits if static and op == "acquire" else StorageCall(hits, op)
     if plan.quiet and type(result) is list:  # nearly every request: all fit, headers only
         for usage in result:
             if not usage.fits:
                 break
         else:
-            return Outcome(quiet_headers(plan, settings, result))
+            outcome = Outcome(quiet_headers(plan, settings, result))
+            outcome.basis = used, result
+            return outcome
     return (yield from conclude(
-        context, plan, request, method, path, hits, used, refundable, result, started
+        context, plan, request, method, path, hits, used, refundable, result, started,
+        reports=op == "acquire",
     ))  # fmt: skip
 
 
@@ -279,9 +298,11 @@ def conclude(
     refundable: list[Refundable],
     result: Any,
     started: float = 0.0,
+    reports: bool = True,
 ) -> Step:
     """The outcome once the storage answered ``hits`` with ``result`` (usages, or the error
-    it raised): the failure mode, the decision, what to report, what to send."""
+    it raised): the failure mode, the decision, what to report, what to send. A look that
+    counts nothing (``peek``) ``reports`` nothing: no metrics, hooks or refusal log line."""
     settings = context.settings
     fallback = False
     if isinstance(result, BaseException):
@@ -294,21 +315,21 @@ def conclude(
     usages: list[Usage] = result
     if plan.quiet and all(usage.fits for usage in usages):  # the fallback storage's answer
         return Outcome(quiet_headers(plan, settings, usages))
-    decision = decision_of(
-        [(p.name, p.quota, u.cost, u.entry.enforce) for u in used for p in u.policies], usages
-    )
-    if settings.metrics is not None:
-        settings.metrics.observe(plan.template, decision, time.perf_counter() - started)
-    if settings.on_near_limit is not None:
-        yield from near_limit(settings, context.failures, request, decision)
-    if decision.shadow_violated:
-        yield from shadow_breach(settings, context.failures, request, decision, method, path)
+    decision = decision_of(policy_rows(used), usages)
+    if reports:
+        if settings.metrics is not None:
+            settings.metrics.observe(plan.template, decision, time.perf_counter() - started)
+        if settings.on_near_limit is not None:
+            yield from near_limit(settings, context.failures, request, decision)
+        if decision.shadow_violated:
+            yield from shadow_breach(settings, context.failures, request, decision, method, path)
     if decision.allowed:
-        return admitted_outcome(settings, decision, hits, usages, refundable, fallback)
+        return admitted_outcome(settings, plan, decision, hits, usages, refundable, fallback)
     detail = yield from custom_detail(context, request, decision, used)
     exceeded = exceeded_for(settings, decision, method, path, detail)
-    log_refusal(exceeded, plan.template)
-    yield from call_hook(context.failures, settings.on_breach, request, exceeded)
+    if reports:
+        log_refusal(exceeded, plan.template)
+        yield from call_hook(context.failures, settings.on_breach, request, exceeded)
     return Outcome.refused(decision, exceeded)
 
 
@@ -327,18 +348,28 @@ def quiet_headers(plan: Plan, settings: Settings, usages: list[Usage]) -> list[t
     return [("RateLimit-Policy", plan.policy_field), ("RateLimit", state)]
 
 
+def policy_rows(used: Sequence[Used]) -> list[tuple[str, Quota, int, bool, bool]]:
+    """Per hit: the policy's name and quota, the request's cost, whether it is enforced and
+    whether it is a shadow policy (what ``decision_of`` reads)."""
+    return [
+        (p.name, p.quota, u.cost, u.entry.enforce, u.entry.shadow) for u in used for p in u.policies
+    ]
+
+
 def admitted_outcome(
     settings: Settings,
+    plan: Plan,
     decision: Decision,
     hits: list[Hit],
     usages: list[Usage],
     refundable: list[Refundable],
     fallback: bool,
 ) -> Outcome:
-    now_s = -(-settings.clock_ms() // 1000)  # rounded up: an epoch reset is never early
     headers: list[tuple[str, str]] = []
-    for mode in settings.header_modes:
-        headers.extend(rate_limit_headers(decision, mode, now_s))
+    if plan.headed and settings.header_modes:
+        now_s = -(-settings.clock_ms() // 1000)  # rounded up: an epoch reset is never early
+        for mode in settings.header_modes:
+            headers.extend(rate_limit_headers(decision, mode, now_s))
     taken = {id(h) for h, u in zip(hits, usages, strict=True) if u.fits}
     return Outcome.admitted(
         headers,
@@ -395,9 +426,7 @@ def ask(
     return checked
 
 
-def identified(
-    context: Context, key: Any, request: Any, identity: Any
-) -> Generator[Any, Any, str]:
+def identified(context: Context, key: Any, request: Any, identity: Any) -> Generator[Any, Any, str]:
     """Who the request counts as, when its key function did not answer a plain string at
     once: an awaitable's result, or another identity (``valid_identity``), or the key's
     failure rule."""

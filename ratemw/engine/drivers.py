@@ -19,7 +19,7 @@ from ratemw.engine.breaker import CircuitBreaker
 from ratemw.engine.decide import Outcome, Step, StorageCall
 from ratemw.errors import StorageCallError
 from ratemw.storage import StorageBackends
-from ratemw.storage._base import CONCURRENCY, AsyncStorage, Batch, Hit, Storage
+from ratemw.storage.base import CONCURRENCY, AsyncStorage, Batch, Hit, Storage
 
 __all__ = ["Storages", "arun", "run"]
 
@@ -50,21 +50,21 @@ class Storages:
 def _call_sync(storage: Storage, hits: Sequence[Hit], op: str, stamp: int) -> Any:
     if op == "acquire":
         return storage.acquire(hits)
+    if op == "peek":
+        return storage.peek(hits)
     if op == "refund":
         return storage.refund(hits, stamp)
     return storage.release(hits)
 
 
-def _call_async(
-    storage: AsyncStorage, hits: Sequence[Hit], op: str, stamp: int
-) -> Awaitable[Any]:
+def _call_async(storage: AsyncStorage, hits: Sequence[Hit], op: str, stamp: int) -> Awaitable[Any]:
     if op == "acquire":
         return storage.acquire(hits)
+    if op == "peek":
+        return storage.peek(hits)
     if op == "refund":
         return storage.refund(hits, stamp)
     return storage.release(hits)
-
-
 
 
 def answer(
@@ -202,8 +202,10 @@ async def arun(storages: Storages, steps: Step) -> Outcome:
             value = error = None
             kind = type(step)
             if kind is Batch:  # a static plan's hits (no concurrency slot): acquire them
-                value = answer(storages, step) if memory is not None else (
-                    await aanswer(storages, step)
+                value = (
+                    answer(storages, step)
+                    if memory is not None
+                    else (await aanswer(storages, step))
                 )
             elif kind is StorageCall:
                 hits, op, stamp, fallback = step.hits, step.op, step.stamp, step.fallback

@@ -19,6 +19,8 @@ from typing import Any
 from ratemw._bounded import Bounded
 
 __all__ = [
+    "CODE_COST",
+    "CODE_KEY",
     "COST",
     "DEDUCT",
     "EXEMPT",
@@ -27,6 +29,7 @@ __all__ = [
     "KEY",
     "LIMIT",
     "MESSAGE",
+    "RATE",
     "STORAGE_CALL",
     "FailureLog",
     "Role",
@@ -55,23 +58,60 @@ class Role:
     consequence: str
 
 
-KEY = Role("key function", "key_function_failed", "key_function", "a non-empty string",
-           "counting the request by client address")
-LIMIT = Role("limit callable", "limit_callable_failed", "function",
-             "a limit string such as '5/minute'", "applying its fallback limits")
-COST = Role("cost", "cost_failed", "function", "a whole number >= 1",
-            "the request costs 1")
-EXEMPT = Role("exempt_when", "exempt_when_failed", "function", "True or False",
-              "the limit applies")
-FILTER = Role("request_filter", "request_filter_failed", "function", "True or False",
-              "the request is limited")
-DEDUCT = Role("deduct_when", "deduct_when_failed", "function", "True or False",
-              "the request counts")
-MESSAGE = Role("error_message", "error_message_failed", "function", "a string",
-               "the default detail is sent")
+KEY = Role(
+    "key function",
+    "key_function_failed",
+    "key_function",
+    "a non-empty string",
+    "counting the request by client address",
+)
+LIMIT = Role(
+    "limit callable",
+    "limit_callable_failed",
+    "function",
+    "a limit string such as '5/minute'",
+    "applying its fallback limits",
+)
+COST = Role("cost", "cost_failed", "function", "a whole number >= 1", "the request costs 1")
+EXEMPT = Role("exempt_when", "exempt_when_failed", "function", "True or False", "the limit applies")
+FILTER = Role(
+    "request_filter", "request_filter_failed", "function", "True or False", "the request is limited"
+)
+DEDUCT = Role(
+    "deduct_when", "deduct_when_failed", "function", "True or False", "the request counts"
+)
+MESSAGE = Role(
+    "error_message", "error_message_failed", "function", "a string", "the default detail is sent"
+)
+CODE_KEY = Role(
+    "key given to Limiter.hit",
+    "hit_key_failed",
+    "function",
+    "a non-empty string",
+    "counting the call in the one bucket of keys that name nobody",
+)
+CODE_COST = Role(
+    "cost given to Limiter.hit",
+    "hit_cost_failed",
+    "function",
+    "a whole number >= 1",
+    "the call costs 1",
+)
+RATE = Role(
+    "rate callable",
+    "rate_callable_failed",
+    "function",
+    "a rate such as '5/m', a (count, seconds) pair, or None",
+    "the request is limited",
+)
 HOOK = Role("hook", "hook_failed", "function", "anything", "the request goes on")
-STORAGE_CALL = Role("storage", "storage_call_failed", "storage", "an answer",
-                    "the request gets the failure mode (not counted as an outage)")
+STORAGE_CALL = Role(
+    "storage",
+    "storage_call_failed",
+    "storage",
+    "an answer",
+    "the request gets the failure mode (not counted as an outage)",
+)
 
 
 class _Incident:
@@ -109,17 +149,13 @@ class FailureLog:
         interval_ms: the incident gap and the shortest interval between two lines.
     """
 
-    def __init__(
-        self, clock: Callable[[], float], interval_ms: int = FAILURE_INTERVAL_MS
-    ) -> None:
+    def __init__(self, clock: Callable[[], float], interval_ms: int = FAILURE_INTERVAL_MS) -> None:
         self.clock = clock
         self.interval_ms = interval_ms
         self._incidents: Bounded[tuple[str, int], _Incident] = Bounded(_MAX_CALLABLES)
         self._lock = threading.Lock()
 
-    def __call__(
-        self, role: Role, fn: Any, error: BaseException | None, value: Any = None
-    ) -> None:
+    def __call__(self, role: Role, fn: Any, error: BaseException | None, value: Any = None) -> None:
         """Record one failure of ``fn`` (it raised ``error``, or returned ``value``)."""
         with contextlib.suppress(Exception):  # a callable with a broken repr() must not 500
             self._record(role, fn, error, value)
@@ -130,10 +166,7 @@ class FailureLog:
             return
         new_incident, suppressed = due
         fields = {"ratemw": {"event": role.event, role.field: repr(fn), "suppressed": suppressed}}
-        what = (
-            "raised" if error is not None
-            else f"returned {_short(value)}, not {role.expected}"
-        )
+        what = "raised" if error is not None else f"returned {_short(value)}, not {role.expected}"
         if new_incident:
             logger.warning(
                 "%s %r %s; %s%s",

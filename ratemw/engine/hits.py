@@ -18,7 +18,7 @@ from ratemw._bounded import Bounded
 from ratemw.engine.plans import Plan, PlannedPolicy
 from ratemw.engine.settings import Settings
 from ratemw.policy.limits import Quota
-from ratemw.storage._base import CONCURRENCY, Batch, Hit
+from ratemw.storage.base import CONCURRENCY, Batch, Hit
 
 __all__ = ["MAX_KEY_LENGTH", "KeptHits", "KeyHasher", "make_hit", "policy_hits", "storage_key"]
 

@@ -22,8 +22,8 @@ from ratemw.policy.groups import LimitGroup
 from ratemw.policy.headers import policy_item, state_head
 from ratemw.policy.limits import Quota
 from ratemw.policy.rules import Rule, rule_groups
-from ratemw.storage._base import CONCURRENCY
-from ratemw.storage._strategies import tag_of
+from ratemw.storage.base import CONCURRENCY
+from ratemw.storage.strategies import tag_of
 
 __all__ = [
     "MAX_CACHED_PATH",
@@ -96,7 +96,8 @@ class Entry:
     bucket: str
     policies: tuple[PlannedPolicy, ...] | None  # None: a limit callable gives them
     key: Callable[[Any], Any]  # the group's key function, or the limiter's
-    enforce: bool  # false for a shadow limit: reported, never refusing
+    enforce: bool  # refuses when over (false: a shadow limit, or one with block=False)
+    shadow: bool = False  # reported apart, never in the headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,8 @@ class Plan:
       header (``policy_field``) and each policy's item head (``heads``) compiled here.
     - ``needs_request``: something (a key, a callable, a hook) reads past the scope, so the
       adapter must build a full request object.
+    - ``headed``: an admitted request's outcome carries its headers (false for calls from
+      code, which read the decision: a refusal still carries them, for the 429 it may raise).
     """
 
     template: str
@@ -122,6 +125,7 @@ class Plan:
     policy_field: str = ""
     heads: tuple[str, ...] = ()
     needs_request: bool = True
+    headed: bool = True
     #: A static plan's groups as every request uses them: (entry, policies, cost) each.
     used: tuple[Any, ...] = field(default=(), compare=False)
     batch_id: int = field(default=0, compare=False)
@@ -287,8 +291,9 @@ def compile_plan(
         policies = None
         if group.quotas is not None:
             policies = planned_policies(settings.strategy, group, bucket, group.quotas, names)
-        enforce = not (settings.shadow if group.shadow is None else group.shadow)
-        entries.append(Entry(group, bucket, policies, group.key or settings.key, enforce))
+        shadow = settings.shadow if group.shadow is None else group.shadow
+        enforce = not shadow and group.block
+        entries.append(Entry(group, bucket, policies, group.key or settings.key, enforce, shadow))
     static = all(_is_static(entry.group) for entry in entries)
     quiet = static and not settings.reports_admissions
     every = [policy for entry in entries for policy in entry.policies or ()]
@@ -304,13 +309,12 @@ def compile_plan(
         names=frozenset(names),
         static=static,
         quiet=quiet,
-        policy_field=", ".join(
-            policy_item(p.name, p.quota.amount, p.quota.window) for p in every
-        ) if static else "",
+        policy_field=", ".join(policy_item(p.name, p.quota.amount, p.quota.window) for p in every)
+        if static
+        else "",
         heads=tuple(p.head for p in every) if static else (),
-        needs_request=bool(hooked or settings.request_filters) or any(
-            _reads_request(entry.group, entry.key) for entry in entries
-        ),
+        needs_request=bool(hooked or settings.request_filters)
+        or any(_reads_request(entry.group, entry.key) for entry in entries),
         used=tuple(make_used(e) for e in entries) if static else (),
         batch_id=batch_id(signature) if static else 0,
     )
@@ -322,9 +326,7 @@ def compile_plan(
 def cacheable(cache_key: tuple[object, ...]) -> bool:
     """Whether a plan may be kept under this key: none of its texts is over
     ``MAX_CACHED_PATH`` (checked on a miss only: a hit costs nothing more)."""
-    return all(
-        len(part) <= MAX_CACHED_PATH for part in cache_key if isinstance(part, str | bytes)
-    )
+    return all(len(part) <= MAX_CACHED_PATH for part in cache_key if isinstance(part, str | bytes))
 
 
 class _Planning(Protocol):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Generator
+from dataclasses import replace
 from typing import Any
 
 from ratemw.engine.failures import HOOK, FailureLog
@@ -92,10 +93,10 @@ def shadow_breach(
             path,
             extra={"ratemw": {"event": "shadow_limit_exceeded", "policy": policy.name}},
         )
+    # What the shadow policies would have answered, had they been enforced.
+    would = tuple(replace(p, enforced=True) for p in decision.shadow_violated)
     shadow = Decision(
-        allowed=False,
-        policies=decision.shadow_violated,
-        retry_after=max((p.reset or 0) for p in decision.shadow_violated) or None,
+        allowed=False, policies=would, retry_after=max((p.reset or 0) for p in would) or None
     )
     exceeded = exceeded_for(settings, shadow, method, path)
     exceeded.shadow = True

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from ratemw._clock import wall_clock_ms
 from ratemw.errors import ConfigurationError
 from ratemw.keys import client_ip
 from ratemw.policy.decision import Decision
@@ -20,9 +21,8 @@ from ratemw.policy.headers import HEADER_MODES
 from ratemw.policy.limits import Quota, parse_limit_list, strategy_problem
 from ratemw.policy.rules import Rule
 from ratemw.policy.rules import check_rules as checked_rules
-from ratemw.storage._base import CONCURRENCY
-from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS
-from ratemw.storage.memory import wall_clock_ms
+from ratemw.storage.base import CONCURRENCY
+from ratemw.storage.strategies import STRATEGY_IMPLEMENTATIONS
 
 __all__ = ["Metrics", "Settings", "build_settings", "check_groups", "check_rules", "header_modes"]
 
@@ -151,9 +151,7 @@ def _check_numbers(arguments: dict[str, Any]) -> None:
         raise ConfigurationError(f"unknown strategy {strategy!r}; expected one of {known}")
     timeout = arguments["concurrency_timeout"]
     if isinstance(timeout, bool) or not (isinstance(timeout, int | float) and timeout > 0):
-        raise ConfigurationError(
-            f"invalid concurrency_timeout {timeout!r}: expected seconds > 0"
-        )
+        raise ConfigurationError(f"invalid concurrency_timeout {timeout!r}: expected seconds > 0")
     if arguments["failure_mode"] not in FAILURE_MODES:
         raise ConfigurationError(
             f"unknown failure_mode {arguments['failure_mode']!r}; expected one of "
@@ -166,9 +164,7 @@ def _check_numbers(arguments: dict[str, Any]) -> None:
         )
     ratio = arguments["near_limit_ratio"]
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not (0 < ratio <= 1):
-        raise ConfigurationError(
-            f"invalid near_limit_ratio {ratio!r}: expected a number in (0, 1]"
-        )
+        raise ConfigurationError(f"invalid near_limit_ratio {ratio!r}: expected a number in (0, 1]")
     for name in ("key", "on_breach", "on_near_limit", "on_storage_error", "clock"):
         check_callable(arguments[name], name)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ratemw.policy.limits import Quota
-from ratemw.storage._base import Usage
+from ratemw.storage.base import Usage
 
 
 def ceil_seconds(ms: int) -> int:
@@ -46,6 +46,8 @@ class PolicyState:
     text: str
     cost: int
     unit: str = "requests"
+    #: False for a limit that lets requests through when over (``block=False``).
+    enforced: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,24 +65,31 @@ class Decision:
     """The outcome for one request.
 
     ``allowed`` is false only when an enforced policy has no room. ``retry_after`` is the
-    longest wait over the violated policies in whole seconds (at least 1), or ``None`` when
-    the request is allowed or can never be satisfied. ``shadow_violated`` names the shadow
-    policies that would have refused it.
+    longest wait over the enforced violated policies in whole seconds (at least 1), or
+    ``None`` when the request is allowed or can never be satisfied. ``exceeded`` is true when
+    any policy has no room: also when the request was let through by a limit declared with
+    ``block=False``. ``shadow_violated`` names the shadow policies that would have refused
+    it. ``unavailable``: the storage could not be asked (``failure_mode="deny"``).
     """
 
     allowed: bool
     policies: tuple[PolicyState, ...]
     retry_after: int | None
     shadow_violated: tuple[PolicyState, ...] = ()
+    unavailable: bool = False
+
+    @property
+    def exceeded(self) -> bool:
+        return any(p.violated for p in self.policies)
 
     @property
     def satisfiable(self) -> bool:
-        return all(p.reset is not None for p in self.policies if p.violated)
+        return all(p.reset is not None for p in self.policies if p.violated and p.enforced)
 
     @property
     def binding(self) -> PolicyState | None:
-        """The violated policy that sets ``Retry-After`` (the longest wait)."""
-        violated = [p for p in self.policies if p.violated]
+        """The enforced violated policy that sets ``Retry-After`` (the longest wait)."""
+        violated = [p for p in self.policies if p.violated and p.enforced]
         if not violated:
             return None
         never = [p for p in violated if p.reset is None]
@@ -90,17 +99,18 @@ class Decision:
 
 
 def decision_of(
-    quotas: Sequence[tuple[str, Quota, int, bool]], usages: Sequence[Usage]
+    quotas: Sequence[tuple[str, Quota, int, bool, bool]], usages: Sequence[Usage]
 ) -> Decision:
     """Turn the storage's usages into a decision.
 
-    ``quotas`` holds, per hit, the policy name, its quota, the request's cost and whether the
-    policy is enforced (false in shadow mode).
+    ``quotas`` holds, per hit, the policy name, its quota, the request's cost, whether the
+    policy is enforced (refuses when over) and whether it is a shadow policy (reported
+    apart, never in the headers).
     """
     policies: list[PolicyState] = []
     shadow_violated: list[PolicyState] = []
     blocked = False
-    for (name, quota, cost, enforce), usage in zip(quotas, usages, strict=True):
+    for (name, quota, cost, enforce, shadow), usage in zip(quotas, usages, strict=True):
         violated = not usage.fits
         reset: int | None
         if violated:
@@ -115,20 +125,21 @@ def decision_of(
             remaining=remaining,
             reset=reset,
             violated=violated,
-            shadow=not enforce,
+            shadow=shadow,
             text=quota.text,
             cost=1 if quota.concurrent else cost,
             unit="concurrent-requests" if quota.concurrent else "requests",
+            enforced=enforce,
         )
-        if not enforce:
+        if shadow:
             if violated:
                 shadow_violated.append(state)
             continue
-        blocked = blocked or violated
+        blocked = blocked or (violated and enforce)
         policies.append(state)
     retry_after: int | None = None
     if blocked:
-        waits = [p.reset for p in policies if p.violated]
+        waits = [p.reset for p in policies if p.violated and p.enforced]
         retry_after = None if None in waits else max(w for w in waits if w is not None)
     return Decision(
         allowed=not blocked,

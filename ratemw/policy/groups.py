@@ -59,7 +59,8 @@ def convention(fn: Any, *, key_allowed: bool = False) -> str:
     except (TypeError, ValueError):  # a builtin without a signature: give it the request
         return TAKES_REQUEST
     positional = [
-        p for p in signature.parameters.values()
+        p
+        for p in signature.parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     variadic = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
@@ -182,6 +183,8 @@ class LimitGroup:
     failure_mode: str | None = None
     fallback: str | None = None
     error_message: str | Callable[[Any], Any] | None = None
+    #: False: over the limit, a request is let through and marked (``ratemw.current``).
+    block: bool = True
     quotas: tuple[Quota, ...] | None = field(init=False)
     #: The quotas applied when the limit callable fails (else the limiter's fallback limits).
     fallback_quotas: tuple[Quota, ...] = field(init=False, default=())
@@ -239,9 +242,19 @@ class LimitGroup:
                 f"{MAX_AMOUNT}, or a callable of the request returning one"
             )
         object.__setattr__(self, "methods", normalize_methods(self.methods, what))
+        if not isinstance(self.block, bool):
+            raise ConfigurationError(
+                f"{what}: invalid block {self.block!r}: expected True or False"
+            )
 
     def applies_to(self, method: str) -> bool:
         return self.methods is None or method in self.methods
+
+    @property
+    def signature(self) -> tuple[Any, ...]:
+        """What the group counts by, for keeping what is compiled from it."""
+        return (self.kind, self.limit, self.bucket, self.name_prefix, self.key, self.cost,
+                self.block, self.shadow, self.failure_mode)  # fmt: skip
 
     def storage_bucket(self, template: str, method: str) -> str:
         base = self.bucket or template

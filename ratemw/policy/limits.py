@@ -63,9 +63,7 @@ def _quota_from_item(item: limits.RateLimitItem, burst: int | None) -> Quota:
     text = f"{amount} {unit} per {span}"
     if burst is not None:
         text += f" (bursts of {burst})"
-    return Quota(
-        amount=amount, window=int(item.get_expiry()), name=name, text=text, burst=burst
-    )
+    return Quota(amount=amount, window=int(item.get_expiry()), name=name, text=text, burst=burst)
 
 
 def _parse_item(value: str, item: str) -> Quota:
@@ -130,9 +128,7 @@ def _check_bounds(value: str, quota: Quota) -> None:
             f"invalid limit {value!r}: a window must be at least 1 second long"
         )
     if quota.window > MAX_WINDOW:
-        raise ConfigurationError(
-            f"invalid limit {value!r}: a window may be at most 10 years long"
-        )
+        raise ConfigurationError(f"invalid limit {value!r}: a window may be at most 10 years long")
 
 
 #: Sliding-window and GCRA arithmetic multiplies a quota by its window in milliseconds; kept

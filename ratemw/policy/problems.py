@@ -30,7 +30,7 @@ def _seconds(n: int) -> str:
 def problem_detail(decision: Decision, method: str, path: str) -> str:
     binding = decision.binding
     assert binding is not None, "a refused request has a violated policy"
-    where = f"{method} {path}"
+    where = f"{method} {path}" if method else path  # a call from code has no method
     if decision.retry_after is None:
         return (
             f"Rate limit exceeded: this request costs {binding.cost} but the limit allows "

@@ -41,8 +41,7 @@ def _piece(part: str, pattern: str) -> str:
 def _compile(pattern: str) -> re.Pattern[str]:
     if not isinstance(pattern, str) or not pattern.startswith("/"):
         raise ConfigurationError(
-            f"rule path {pattern!r} can never match: request paths start with '/' "
-            "(e.g. '/api/*')"
+            f"rule path {pattern!r} can never match: request paths start with '/' (e.g. '/api/*')"
         )
     if any(ch.isspace() for ch in pattern):
         raise ConfigurationError(f"rule path {pattern!r} can never match: it contains white space")
@@ -77,7 +76,8 @@ class Rule:
         methods: HTTP methods the rule applies to (all when omitted); ``"WEBSOCKET"`` matches
             WebSocket handshakes.
         key: as for ``Limiter.limit`` (as are ``cost``, ``per_method``, ``exempt_when``,
-            ``shadow``, ``deduct_when``, ``failure_mode``, ``fallback`` and ``error_message``).
+            ``shadow``, ``deduct_when``, ``failure_mode``, ``fallback``, ``error_message`` and
+            ``block``).
     """
 
     def __init__(
@@ -95,6 +95,7 @@ class Rule:
         failure_mode: str | None = None,
         fallback: str | None = None,
         error_message: str | Callable[[Any], Any] | None = None,
+        block: bool = True,
     ) -> None:
         self.path = path
         self._regex = _compile(path)
@@ -112,6 +113,7 @@ class Rule:
             failure_mode=failure_mode,
             fallback=fallback,
             error_message=error_message,
+            block=block,
         )
         self.limit = limit
         self.methods = self.groups[0].methods if self.groups else None

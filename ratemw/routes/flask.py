@@ -5,6 +5,7 @@ Flask is not imported here: the resolver is handed the app.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,6 +51,14 @@ class FlaskRoutes:
         except HTTPException:  # NotFound, MethodNotAllowed, RequestRedirect: Flask answers
             return None, None
         return app.view_functions.get(rule.endpoint), rule.rule
+
+    def catch_raised(self, answer: Callable[[Any], Any]) -> None:
+        """Have Flask answer a ``RateLimitExceeded`` a view raises (``limiter.hit`` with
+        ``raise_exceeded=True``) with ``answer(exc)``, a WSGI application: Flask would
+        otherwise turn it into a 500 before the middleware could see it."""
+        from ratemw.errors import RateLimitExceeded
+
+        self.app.register_error_handler(RateLimitExceeded, answer)
 
     def request_context(self, environ: WSGIEnvironment) -> Any:
         """The app's request context for ``environ``: a ``handler=`` runs inside it, so it

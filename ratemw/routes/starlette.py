@@ -18,7 +18,11 @@ from starlette.routing import Match
 # something else (a header, the query), so a request it was asked about is planned afresh.
 _STARLETTE_ROUTES = (routing.Route, routing.WebSocketRoute, routing.Mount, routing.Host)
 _FASTAPI_ROUTES = (
-    "APIRoute", "APIWebSocketRoute", "_IncludedRouter", "_FrontendRoute", "_FrontendRouteGroup",
+    "APIRoute",
+    "APIWebSocketRoute",
+    "_IncludedRouter",
+    "_FrontendRoute",
+    "_FrontendRouteGroup",
 )
 _known: set[Any] = set()
 
@@ -57,7 +61,7 @@ def route_path(scope: Any) -> str:
         return path
     if path == root_path:
         return "/"
-    return path[len(root_path):] if path[len(root_path)] == "/" else path
+    return path[len(root_path) :] if path[len(root_path)] == "/" else path
 
 
 def _template(route: Any) -> str:

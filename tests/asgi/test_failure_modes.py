@@ -62,10 +62,16 @@ def test_failure_mode_per_limit_strictest_wins(clock: FakeClock) -> None:
     async def search(request: Request) -> PlainTextResponse:
         return PlainTextResponse("found")
 
-    client = make_client(limiter, routes=[
-        Route("/pay", payments), Route("/search", search), Route("/other", ok),
-        Route("/ruled", ok),
-    ], rules=[Rule("/ruled", "5/minute", failure_mode="deny")])
+    client = make_client(
+        limiter,
+        routes=[
+            Route("/pay", payments),
+            Route("/search", search),
+            Route("/other", ok),
+            Route("/ruled", ok),
+        ],
+        rules=[Rule("/ruled", "5/minute", failure_mode="deny")],
+    )
     assert client.get("/pay").status_code == 503  # deny beats the limiter's allow
     assert statuses(client, "/search", 2) == [200, 429]  # fallback: memory limits
     assert statuses(client, "/other", 3) == [200, 200, 200]  # the limiter's allow

@@ -40,7 +40,9 @@ def build(limiter: Limiter) -> TestClient:
 def test_path_operation_without_request_parameter() -> None:
     client = build(Limiter(clock=FakeClock()))
     assert [client.get("/search", params={"q": "x"}).status_code for _ in range(3)] == [
-        200, 200, 429,
+        200,
+        200,
+        429,
     ]
     assert client.get("/search").json()["status"] == 429
 

@@ -88,11 +88,13 @@ async def test_concurrency_slots_return_after_streams_disconnects_and_errors() -
 
     async with httpx2.AsyncClient(transport=transport, base_url="http://t") as client:
         async with anyio.create_task_group() as tg:
+
             async def stream() -> None:
                 async with client.stream("GET", "/slow") as response:
                     assert response.status_code == 200
                     async for _ in response.aiter_bytes():
                         pass
+
             tg.start_soon(stream)
             tg.start_soon(stream)
             with anyio.fail_after(5):
@@ -118,9 +120,18 @@ async def test_concurrency_slot_freed_when_the_client_disconnects() -> None:
 
     app = Starlette(routes=[Route("/", wait_for_disconnect)])
     app.add_middleware(RateLimitMiddleware, limiter=limiter)
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b"",
-             "client": ("1.2.3.4", 1), "server": ("t", 80), "scheme": "http", "root_path": "",
-             "http_version": "1.1"}
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [],
+        "query_string": b"",
+        "client": ("1.2.3.4", 1),
+        "server": ("t", 80),
+        "scheme": "http",
+        "root_path": "",
+        "http_version": "1.1",
+    }
     messages = [{"type": "http.request", "body": b""}]
 
     async def receive() -> dict[str, Any]:
@@ -177,7 +188,7 @@ def test_async_deduct_when_and_raising_one(clock: FakeClock) -> None:
 
 def test_pluggable_strategy(clock: FakeClock) -> None:
     from ratemw.storage import Hit, Usage
-    from ratemw.storage._strategies import STRATEGY_IMPLEMENTATIONS, register_strategy
+    from ratemw.storage.strategies import STRATEGY_IMPLEMENTATIONS, register_strategy
 
     class EveryOther:
         """Admit every other request, whatever the quota (a toy)."""

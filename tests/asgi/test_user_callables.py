@@ -191,8 +191,11 @@ def test_key_function_failures_are_logged_once_per_incident(
     client = make_client(limiter, decorate=limiter.limit("1000/minute"))
 
     def logged() -> list[Any]:
-        return [r for r in caplog.records if getattr(r, "ratemw", {}).get("event")
-                == "key_function_failed"]
+        return [
+            r
+            for r in caplog.records
+            if getattr(r, "ratemw", {}).get("event") == "key_function_failed"
+        ]
 
     with caplog.at_level("WARNING", logger="ratemw"):
         assert set(statuses(client, n=5)) == {200}
@@ -201,7 +204,9 @@ def test_key_function_failures_are_logged_once_per_incident(
         [first] = logged()  # eight failures, one line: the first, with its traceback
         assert first.exc_info is not None
         assert first.ratemw == {  # type: ignore[attr-defined]
-            "event": "key_function_failed", "key_function": repr(broken_key), "suppressed": 0,
+            "event": "key_function_failed",
+            "key_function": repr(broken_key),
+            "suppressed": 0,
         }
         clock.advance(31)  # the incident goes on; a minute since the first line
         statuses(client, n=2)

@@ -112,8 +112,9 @@ def test_plans_for_overlong_paths_are_computed_but_not_cached(clock: FakeClock) 
     async def files(request: Request) -> PlainTextResponse:
         return PlainTextResponse("x")
 
-    middleware = RateLimitMiddleware(Starlette(routes=[Route("/f/{rest:path}", files)]),
-                                     limiter=limiter)
+    middleware = RateLimitMiddleware(
+        Starlette(routes=[Route("/f/{rest:path}", files)]), limiter=limiter
+    )
     client = TestClient(middleware)
     longest, overlong = "/f/" + "a" * 509, "/f/" + "b" * 510  # 512 and 513 characters
     assert [client.get(p).status_code for p in (longest, overlong, overlong)] == [200, 200, 429]

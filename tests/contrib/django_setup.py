@@ -6,6 +6,9 @@ with ``override_settings``.
 
 from __future__ import annotations
 
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 urlpatterns: list[Any] = []  # the default URLconf: nothing routes
@@ -30,3 +33,21 @@ def configure_django() -> None:
         USE_TZ=True,
     )
     django.setup()
+
+
+@contextmanager
+def project(
+    limiter: Any,
+    *patterns: Any,
+    middleware: list[str] = MIDDLEWARE,
+    **settings: Any,
+) -> Iterator[types.ModuleType]:
+    """Settings pointing at a URLconf of ``patterns`` and at ``limiter``."""
+    from django.test import override_settings
+
+    urlconf = types.ModuleType("urls")
+    urlconf.urlpatterns = list(patterns)  # type: ignore[attr-defined]
+    with override_settings(
+        ROOT_URLCONF=urlconf, RATEMW_LIMITER=limiter, MIDDLEWARE=middleware, **settings
+    ):
+        yield urlconf

@@ -48,8 +48,9 @@ def _wait_until_listening(port: int, process: subprocess.Popen[bytes], log: Path
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"gunicorn is not listening on {port} after {START_TIMEOUT} s:\n"
-                       + log.read_text())
+    raise RuntimeError(
+        f"gunicorn is not listening on {port} after {START_TIMEOUT} s:\n" + log.read_text()
+    )
 
 
 @contextmanager
@@ -59,16 +60,25 @@ def gunicorn(app: str, *, env: dict[str, str] | None = None) -> Iterator[int]:
     with tempfile.TemporaryDirectory(prefix="ratemw-gunicorn-") as tmp:
         log = Path(tmp) / "gunicorn.log"
         command = [
-            sys.executable, "-m", "gunicorn", app,
-            "--bind", f"127.0.0.1:{port}",
-            "--workers", "1",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            app,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
             "--no-control-socket",
-            "--graceful-timeout", "2",
+            "--graceful-timeout",
+            "2",
         ]
         with log.open("wb") as output:
             process = subprocess.Popen(
-                command, cwd=ROOT, env={**os.environ, **(env or {})},
-                stdout=output, stderr=subprocess.STDOUT,
+                command,
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
         try:
             _wait_until_listening(port, process, log)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import types
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -15,7 +13,7 @@ from ratemw import ConfigurationError, Limiter, RateLimitExceeded, Rule, keys
 from ratemw.testing import FakeClock
 from ratemw.wsgi import WSGIRateLimitMiddleware
 from tests.contrib._helpers import assert_third_item_refused, codes, recorded_lines
-from tests.contrib.django_setup import MIDDLEWARE, configure_django
+from tests.contrib.django_setup import MIDDLEWARE, configure_django, project
 from tests.contrib.live_server import get, gunicorn
 
 configure_django()
@@ -41,22 +39,6 @@ from ratemw.contrib.django import (  # noqa: E402
 
 def ok(request: HttpRequest, **kwargs: Any) -> HttpResponse:
     return HttpResponse("ok")
-
-
-@contextmanager
-def project(
-    limiter: Limiter | str | None,
-    *patterns: Any,
-    middleware: list[str] = MIDDLEWARE,
-    **settings: Any,
-) -> Iterator[types.ModuleType]:
-    """Settings pointing at a URLconf of ``patterns`` and at ``limiter``."""
-    urlconf = types.ModuleType("urls")
-    urlconf.urlpatterns = list(patterns)  # type: ignore[attr-defined]
-    with override_settings(
-        ROOT_URLCONF=urlconf, RATEMW_LIMITER=limiter, MIDDLEWARE=middleware, **settings
-    ):
-        yield urlconf
 
 
 def acodes(*paths: str, **extra: Any) -> list[int]:
@@ -239,8 +221,9 @@ def test_concurrency_slot_is_held_while_a_response_streams() -> None:
         assert codes(client, "/s/") == [200]
 
 
-@pytest.mark.parametrize("fetch", [pytest.param(codes, id="wsgi"),
-                                   pytest.param(lambda _, *p: acodes(*p), id="asgi")])
+@pytest.mark.parametrize(
+    "fetch", [pytest.param(codes, id="wsgi"), pytest.param(lambda _, *p: acodes(*p), id="asgi")]
+)
 def test_concurrency_slot_is_freed_with_the_response(fetch: Any) -> None:
     limiter = Limiter()
     with project(limiter, path("v/", limiter.limit("1 concurrent")(_async_view))):
@@ -280,8 +263,8 @@ def _handler(request: HttpRequest, exc: RateLimitExceeded) -> HttpResponse:
 
 
 @pytest.mark.parametrize(
-    "handler", [pytest.param(_handler, id="callable"), pytest.param(f"{__name__}._handler",
-                                                                    id="dotted path")]
+    "handler",
+    [pytest.param(_handler, id="callable"), pytest.param(f"{__name__}._handler", id="dotted path")],
 )
 def test_handler_from_settings(clock: FakeClock, handler: Any) -> None:
     limiter = Limiter(clock=clock, default_limits="1/minute")
@@ -325,23 +308,44 @@ NAMED_LIMITER = Limiter(default_limits="1/minute")
     ("settings", "message"),
     [
         pytest.param({"RATEMW_LIMITER": None}, "ratemw is not configured", id="nothing"),
-        pytest.param({"RATEMW_LIMITER": None, "RATEMW": {"default_limit": "1/minute"}},
-                     r"unknown settings.RATEMW key\(s\) \['default_limit'\]", id="unknown key"),
-        pytest.param({"RATEMW_LIMITER": Limiter(), "RATEMW": {"default_limits": "1/minute"}},
-                     "may only hold middleware options", id="both"),
-        pytest.param({"RATEMW_LIMITER": "tests.nowhere.limiter"},
-                     "settings.RATEMW_LIMITER: cannot import 'tests.nowhere.limiter'",
-                     id="bad dotted path"),
-        pytest.param({"RATEMW_LIMITER": f"{__name__}.ok"},
-                     "must name a ratemw.Limiter", id="not a Limiter"),
-        pytest.param({"RATEMW_LIMITER": None, "RATEMW": {"default_limits": "lots"}},
-                     "invalid limit 'lots'", id="bad limit"),
-        pytest.param({"RATEMW_LIMITER": None, "RATEMW": {"rules": [{"path": "/a"}]}},
-                     "bad rule", id="bad rule"),
-        pytest.param({"RATEMW_LIMITER": None, "RATEMW": {"rules": ["/a"]}},
-                     "expected a ratemw.Rule or a dict", id="rule of the wrong type"),
-        pytest.param({"RATEMW_LIMITER": Limiter(), "RATEMW": {"handler": 42}},
-                     r"settings.RATEMW\['handler'\] must be callable", id="handler"),
+        pytest.param(
+            {"RATEMW_LIMITER": None, "RATEMW": {"default_limit": "1/minute"}},
+            r"unknown settings.RATEMW key\(s\) \['default_limit'\]",
+            id="unknown key",
+        ),
+        pytest.param(
+            {"RATEMW_LIMITER": Limiter(), "RATEMW": {"default_limits": "1/minute"}},
+            "may only hold middleware options",
+            id="both",
+        ),
+        pytest.param(
+            {"RATEMW_LIMITER": "tests.nowhere.limiter"},
+            "settings.RATEMW_LIMITER: cannot import 'tests.nowhere.limiter'",
+            id="bad dotted path",
+        ),
+        pytest.param(
+            {"RATEMW_LIMITER": f"{__name__}.ok"}, "must name a ratemw.Limiter", id="not a Limiter"
+        ),
+        pytest.param(
+            {"RATEMW_LIMITER": None, "RATEMW": {"default_limits": "lots"}},
+            "invalid limit 'lots'",
+            id="bad limit",
+        ),
+        pytest.param(
+            {"RATEMW_LIMITER": None, "RATEMW": {"rules": [{"path": "/a"}]}},
+            "bad rule",
+            id="bad rule",
+        ),
+        pytest.param(
+            {"RATEMW_LIMITER": None, "RATEMW": {"rules": ["/a"]}},
+            "expected a ratemw.Rule or a dict",
+            id="rule of the wrong type",
+        ),
+        pytest.param(
+            {"RATEMW_LIMITER": Limiter(), "RATEMW": {"handler": 42}},
+            r"settings.RATEMW\['handler'\] must be callable",
+            id="handler",
+        ),
     ],
 )
 def test_bad_settings_fail_when_the_middleware_loads(
@@ -369,11 +373,10 @@ async def _tenant(request: Any) -> str:
     return str(request.headers.get("x-tenant", "none"))
 
 
-@pytest.mark.parametrize("view", [pytest.param(ok, id="sync view"),
-                                  pytest.param(_async_view, id="async view")])
-def test_under_asgi_async_keys_are_awaited_on_the_running_loop(
-    clock: FakeClock, view: Any
-) -> None:
+@pytest.mark.parametrize(
+    "view", [pytest.param(ok, id="sync view"), pytest.param(_async_view, id="async view")]
+)
+def test_under_asgi_async_keys_are_awaited_on_the_running_loop(clock: FakeClock, view: Any) -> None:
     # The blocking driver cannot run an async key inside a running event loop (it would
     # fall back to the client address and lump both tenants together).
     limiter = Limiter(clock=clock, default_limits="1/minute", key=_tenant)
@@ -510,3 +513,64 @@ def test_example_under_gunicorn() -> None:
     assert_third_item_refused(replies, "/items/3/")
     assert search.headers["ratelimit-policy"] == '"per-minute";q=5;w=60, "per-hour";q=100;w=3600'
     assert health.status == 200 and "ratelimit" not in health.headers
+
+
+# -- the decision in the view's hands ---------------------------------------------------------
+
+
+def test_current_and_block_false_in_django_views() -> None:
+    import ratemw
+
+    clock = FakeClock()
+    limiter = Limiter(clock=clock)
+
+    def told(request: HttpRequest) -> HttpResponse:
+        decision = ratemw.current(request)
+        if decision is None:
+            return HttpResponse("none")
+        return HttpResponse(
+            json.dumps([decision.exceeded, [p.remaining for p in decision.policies]])
+        )
+
+    soft = limiter.limit("2/minute", block=False)(lambda request: told(request))
+    hard = limiter.limit("2/minute;10/hour")(lambda request: told(request))
+    with project(limiter, path("soft/", soft), path("hard/", hard), path("open/", told)):
+        client = Client()
+        soft_replies = [client.get("/soft/") for _ in range(3)]
+        hard_replies = [client.get("/hard/") for _ in range(2)]
+        assert client.get("/open/").content == b"none"
+        assert acodes("/soft/") == [200]
+    assert [json.loads(r.content) for r in soft_replies] == [
+        [False, [1]], [False, [0]], [True, [0]]
+    ]  # fmt: skip
+    assert soft_replies[2]["RateLimit"] == '"per-minute";r=0;t=60'
+    assert "Retry-After" not in soft_replies[2]
+    assert [json.loads(r.content)[1] for r in hard_replies] == [[1, 9], [0, 8]]
+    assert hard_replies[1]["RateLimit"] == '"per-minute";r=0;t=60, "per-hour";r=8;t=3600'
+
+
+def test_rate_limit_exceeded_raised_in_a_view_is_the_standard_429() -> None:
+    clock = FakeClock()
+    limiter = Limiter(clock=clock)
+
+    def login(request: HttpRequest) -> HttpResponse:
+        limiter.hit(request.GET.get("user"), "1/minute", scope="login", request=request,
+                    raise_exceeded=True)  # fmt: skip
+        return HttpResponse("ok")
+
+    async def alogin(request: HttpRequest) -> HttpResponse:
+        await limiter.ahit(request.GET.get("user"), "1/minute", scope="alogin",
+                           request=request, raise_exceeded=True)  # fmt: skip
+        return HttpResponse("ok")
+
+    with project(limiter, path("login/", login), path("alogin/", alogin)):
+        client = Client()
+        assert client.get("/login/", {"user": "a"}).status_code == 200
+        clock.advance(5)
+        refused = client.get("/login/", {"user": "a"})
+        assert client.get("/login/", {"user": "b"}).status_code == 200
+        assert acodes("/alogin/?user=a", "/alogin/?user=a") == [200, 429]
+    assert refused.status_code == 429
+    assert refused["Retry-After"] == "55"
+    assert refused["Content-Type"] == "application/problem+json"
+    assert "GET /login/" in refused.json()["detail"]

@@ -43,8 +43,13 @@ def _routes_app() -> Flask:
     [
         pytest.param("/items/7", "GET", "item", "/items/<int:item_id>", id="URL rule"),
         pytest.param("/items/7", "HEAD", "item", "/items/<int:item_id>", id="HEAD as GET"),
-        pytest.param("/api/things/x", "GET", "api.thing", "/api/things/<name>",
-                     id="blueprint rule with its prefix"),
+        pytest.param(
+            "/api/things/x",
+            "GET",
+            "api.thing",
+            "/api/things/<name>",
+            id="blueprint rule with its prefix",
+        ),
         pytest.param("/items/x", "GET", None, None, id="converter refuses: 404"),
         pytest.param("/only-get", "POST", None, None, id="405"),
         pytest.param("/dir", "GET", None, None, id="redirect to the slash"),

@@ -139,10 +139,21 @@ def test_a_template_rule_is_documented_and_enforced_alike(pattern: str) -> None:
         ),
         pytest.param(
             ["draft-6", "draft-10"],
-            {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy",
-             "RateLimit"},
-            {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset",
-             "RateLimit-Policy", "RateLimit"},
+            {
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "RateLimit-Policy",
+                "RateLimit",
+            },
+            {
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "RateLimit-Policy",
+                "RateLimit",
+            },
             id="draft-6 and draft-10",
         ),
         pytest.param(False, None, {"Retry-After"}, id="no headers"),
@@ -181,8 +192,10 @@ def test_the_real_429_body_matches_the_documented_schema() -> None:
     statuses = [client.get("/search").status_code for _ in range(6)]
     assert statuses == [200] * 5 + [429]
     body = client.get("/search").json()
-    problem = {**schema["components"]["schemas"]["RateLimitProblem"],
-               "$defs": schema["components"]["schemas"]}
+    problem = {
+        **schema["components"]["schemas"]["RateLimitProblem"],
+        "$defs": schema["components"]["schemas"],
+    }
     problem["properties"]["policies"]["items"] = {"$ref": "#/$defs/RateLimitPolicyState"}
     jsonschema.validate(body, problem, cls=jsonschema.Draft202012Validator)
     assert set(body) == set(problem["properties"])

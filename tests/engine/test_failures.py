@@ -193,9 +193,7 @@ def test_a_limit_callable_returning_garbage_falls_back(
     assert replies[0].headers["ratelimit-policy"] == '"per-minute";q=2;w=60'
 
 
-def test_a_raising_limit_callable_falls_back(
-    adapter: str, clock: FakeClock, flavour: Any
-) -> None:
+def test_a_raising_limit_callable_falls_back(adapter: str, clock: FakeClock, flavour: Any) -> None:
     limiter = Limiter(clock=clock)
     limit = flavour(raising(KeyError("x-plan")))
     app = served(adapter, limiter, decorated(limiter.limit(limit, fallback="2/minute")))

@@ -17,7 +17,7 @@ from ratemw._bounded import Bounded
 from ratemw.engine import Outcome, Plan
 from ratemw.engine.hits import MAX_KEY_LENGTH
 from ratemw.keys import ScopeHolder
-from ratemw.storage._base import Batch
+from ratemw.storage.base import Batch
 from ratemw.testing import FakeClock
 from tests.conftest import call, make_client
 
@@ -112,8 +112,10 @@ def test_kept_hits_are_bounded() -> None:
     for i in range(25):
         decide(limiter, plan, request(f"198.51.100.{i}"))
         assert len(kept(limiter)) <= 10
-    assert decide(limiter, plan, request("198.51.100.24")).headers[1][1].startswith(
-        '"per-minute";r=1;'
+    assert (
+        decide(limiter, plan, request("198.51.100.24"))
+        .headers[1][1]
+        .startswith('"per-minute";r=1;')
     )
 
 

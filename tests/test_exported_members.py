@@ -38,9 +38,11 @@ def test_errors_are_shown_from_the_public_module() -> None:
 
 def test_strategies_are_a_public_extension_point() -> None:
     from ratemw import strategies
+    from ratemw.storage import _strategies  # the path docs once named: still importable
     from ratemw.storage import strategies as storage_strategies
 
     assert strategies.register_strategy is storage_strategies.register_strategy
+    assert _strategies.register_strategy is strategies.register_strategy
     assert {"Strategy", "register_strategy"} <= set(strategies.__all__)
     for name in strategies.__all__:
         assert hasattr(strategies, name), name

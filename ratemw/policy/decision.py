@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from ratemw.policy.limits import Quota
 from ratemw.storage.base import Usage
 
 
@@ -98,8 +97,22 @@ class Decision:
         return max(violated, key=lambda p: p.reset or 0)
 
 
+class QuotaNumbers(Protocol):
+    """What a decision reads of a quota (``policy.limits.Quota``). Named by what it reads,
+    so that the errors, which carry decisions, need nothing of limit parsing."""
+
+    @property
+    def amount(self) -> int: ...
+    @property
+    def window(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def concurrent(self) -> bool: ...
+
+
 def decision_of(
-    quotas: Sequence[tuple[str, Quota, int, bool, bool]], usages: Sequence[Usage]
+    quotas: Sequence[tuple[str, QuotaNumbers, int, bool, bool]], usages: Sequence[Usage]
 ) -> Decision:
     """Turn the storage's usages into a decision.
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from ratemw.client import _sfv
+import ratemw.client._sfv as _sfv
 from ratemw.client._fields import Fields, HeadersLike, fields, json_object, number
 
 __all__ = ["HEADERS", "Dialect", "Policy", "parse_rate_limit", "policies_from"]

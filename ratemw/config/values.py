@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from ratemw import keys
+import ratemw.keys as keys
 from ratemw.errors import ConfigurationError
 
 __all__ = ["Where", "bad", "check", "import_callable", "key_function", "limit_strings", "setting"]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, NamedTuple
 
-from ratemw.storage import base
+import ratemw.storage.base as base
 from ratemw.storage.base import CONCURRENCY, Batch, Hit, Usage
 from ratemw.storage.redis.resp import evalsha_command
 from ratemw.storage.strategies import STRATEGY_IMPLEMENTATIONS, tag_of

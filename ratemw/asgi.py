@@ -16,7 +16,7 @@ import anyio
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ratemw.engine import APPLIED, OUTCOME, Engine, Outcome, Plan, Planner, ResponseInfo
+from ratemw.engine import ADAPTER, APPLIED, OUTCOME, Engine, Outcome, Plan, Planner, ResponseInfo
 from ratemw.errors import ConfigurationError, RateLimitExceeded
 from ratemw.keys import ScopeHolder
 from ratemw.limiter import Limiter
@@ -98,6 +98,12 @@ class RateLimitMiddleware:
             )
         return plan
 
+    def plan_for(self, scope: Scope) -> Plan:
+        """The plan a request with this scope would be decided on (the usage endpoint asks
+        it for the route a caller names)."""
+        method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
+        return self._plan(self.limiter.engine, scope, method, scope["path"])
+
     def _route(self, scope: Scope) -> Resolution:
         """The endpoint and route template a request will reach (a plan cache miss)."""
         if not self._documented:
@@ -121,6 +127,7 @@ class RateLimitMiddleware:
         # Marked while the app below runs (a mounted sub-app gets a copy of the scope), and
         # unmarked after, so a caller that reuses one scope has each request limited.
         scope[APPLIED] = (*(applied or ()), self.limiter)
+        scope[ADAPTER] = self  # for the usage endpoint: this adapter's routes and rules
         try:
             await self._limit(engine, scope, receive, send, scope_type)
         except RateLimitExceeded as exc:  # raised by the endpoint: limiter.hit(...) in code

@@ -108,6 +108,14 @@ class Limiter:
             such as ``ratemw.metrics.PrometheusMetrics()``.
         fallback_limits: the limits a limit callable that fails falls back to, when it has
             no ``fallback=`` of its own (default: the static ``default_limits``).
+        count_preflight: count CORS preflight requests (``OPTIONS`` with an ``Origin`` and an
+            ``Access-Control-Request-Method`` header). By default they are neither counted
+            nor refused: a browser sends one before a caller's real request, which counts.
+            A plain ``OPTIONS`` is counted either way.
+        exempt_paths: paths no limit applies to, such as health probes
+            (``["/healthz", "/readyz", "/livez"]``); written as rule paths (``"/health*"``,
+            ``"/status/{name}"``), matched against the path the app routes by. Empty by
+            default.
 
     A limiter's settings are fixed once it is built: assigning one raises. To change them on
     a limiter in use, call ``reconfigure``, which checks the new settings and builds a new
@@ -147,11 +155,15 @@ class Limiter:
         concurrency_timeout: float = 300.0,
         breaker: dict[str, Any] | None = None,
         fallback_limits: str | Iterable[str] | None = None,
+        count_preflight: bool = False,
+        exempt_paths: Iterable[str] = (),
     ) -> None:
         arguments = dict(locals())
         del arguments["self"]
-        if isinstance(rules, Iterable) and not isinstance(rules, str):
-            arguments["rules"] = tuple(rules)
+        for name in ("rules", "exempt_paths"):
+            value = arguments[name]
+            if isinstance(value, Iterable) and not isinstance(value, str):
+                arguments[name] = tuple(value)
         name = redact_uri(storage) if isinstance(storage, str) else repr(storage)
         settings = build_settings(arguments, storage_name=name)
         backends = StorageBackends(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from ratemw._environ import request_path, route_path, wsgi_scope
-from ratemw.engine import APPLIED, OUTCOME, Engine, Outcome, Planner, ResponseInfo
+from ratemw.engine import ADAPTER, APPLIED, OUTCOME, Engine, Outcome, Plan, Planner, ResponseInfo
 from ratemw.errors import ConfigurationError, RateLimitExceeded
 from ratemw.limiter import Limiter
 from ratemw.policy.groups import is_async_callable
@@ -185,6 +185,7 @@ class WSGIRateLimitMiddleware:
         # Marked while the app below is called, so a caller that serves several requests
         # from one environ (a test harness) has each of them limited.
         environ[APPLIED] = (*(applied or ()), limiter)
+        environ[ADAPTER] = self  # for the usage endpoint: this adapter's routes and rules
         try:
             return self._limit(engine, environ, start_response)
         except RateLimitExceeded as exc:  # raised by the app: limiter.hit(...) in code
@@ -196,11 +197,13 @@ class WSGIRateLimitMiddleware:
             else:
                 environ[APPLIED] = applied
 
-    def _limit(
-        self, engine: Engine, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
+    def plan_for(self, environ: WSGIEnvironment) -> Plan:
+        """The plan a request with this environ would be decided on (the usage endpoint asks
+        it for the route a caller names)."""
         method = environ.get("REQUEST_METHOD", "GET").upper()
-        path = request_path(environ)
+        return self._plan(self.limiter.engine, environ, method, request_path(environ))
+
+    def _plan(self, engine: Engine, environ: WSGIEnvironment, method: str, path: str) -> Plan:
         # Routing may depend on the host (Flask subdomains, host matching), so it is part of
         # the key; the path is the decoded one, so equivalent spellings share an entry.
         routes = self.routes
@@ -212,9 +215,17 @@ class WSGIRateLimitMiddleware:
             # Rules match the path the app routes by, relative to SCRIPT_NAME.
             relative = route_path(environ)
             if routes is None:
-                plan = self._planner.plan(engine, cache_key, relative, method, _no_route)
+                plan = planner.plan(engine, cache_key, relative, method, _no_route)
             else:
-                plan = self._planner.plan(engine, cache_key, relative, method, routes, environ)
+                plan = planner.plan(engine, cache_key, relative, method, routes, environ)
+        return plan
+
+    def _limit(
+        self, engine: Engine, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        path = request_path(environ)
+        plan = self._plan(engine, environ, method, path)
         if not plan.entries:
             return self.app(environ, start_response)
         scope = wsgi_scope(environ, method, path)

@@ -48,6 +48,7 @@ def test_check_prints_the_effective_configuration(
         strategy = "moving-window"
         default_limits = ["100/minute", "2000/hour"]
         key = { type = "header", name = "X-API-Key" }
+        exempt_paths = ["/healthz", "/ready*"]
 
         [[rules]]
         path = "/api/*"
@@ -74,6 +75,9 @@ def test_check_prints_the_effective_configuration(
           on_near_limit       (none)
           on_storage_error    (none)
           metrics             (none)
+          count_preflight     false (CORS preflights pass uncounted)
+          exempt_paths        /healthz, /ready*
+          HEAD                counted as GET
           rules (1)
             /api/*  10/second  methods=POST
         """)

@@ -50,6 +50,13 @@ def _describe(config: Config) -> list[tuple[str, str]]:
         ("on_near_limit", _name(limiter.on_near_limit)),
         ("on_storage_error", _name(limiter.on_storage_error)),
         ("metrics", _name(limiter.metrics)),
+        # The safe defaults: what is not counted unless asked.
+        (
+            "count_preflight",
+            "true" if limiter.count_preflight else "false (CORS preflights pass uncounted)",
+        ),
+        ("exempt_paths", ", ".join(e.path for e in limiter.exempt_paths) or "(none)"),
+        ("HEAD", "counted as GET"),
     ]
     return [(k, f"{v}  (from {env[k]})" if k in env else v) for k, v in rows]
 

@@ -138,6 +138,9 @@ def _build_once() -> Config:
     with _lock:
         if _config is None:
             _config = _load()
+            from ratemw.contrib._django_usage import usage_view
+
+            _config.limiter.exempt(usage_view)  # the usage endpoint counts nothing
         return _config
 
 

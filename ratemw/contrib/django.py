@@ -48,6 +48,7 @@ from ratemw.contrib._django_ratelimit import (
     ratelimit,
 )
 from ratemw.contrib._django_settings import Config, current, get_limiter
+from ratemw.contrib._django_usage import usage_view
 from ratemw.engine import APPLIED, OUTCOME, Engine, Outcome, Plan, ResponseInfo
 from ratemw.errors import RateLimitExceeded
 from ratemw.keys import client_ip
@@ -64,6 +65,7 @@ __all__ = [
     "get_usage",
     "is_ratelimited",
     "ratelimit",
+    "usage_view",
     "user_or_ip",
 ]
 

@@ -17,7 +17,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flask import Flask
 
@@ -25,9 +25,10 @@ from ratemw.errors import ConfigurationError
 from ratemw.limiter import Limiter
 from ratemw.policy.rules import Rule
 from ratemw.routes.flask import FlaskRoutes
+from ratemw.usage import WSGIUsageEndpoint
 from ratemw.wsgi import WSGIExceededHandler, WSGIRateLimitMiddleware
 
-__all__ = ["FlaskRoutes", "RateMW", "init_app"]
+__all__ = ["FlaskRoutes", "RateMW", "init_app", "usage_view"]
 
 EXTENSION_NAME = "ratemw"
 
@@ -90,3 +91,20 @@ class RateMW:
     def init_app(self, app: Flask) -> WSGIRateLimitMiddleware:
         """Install the middleware on ``app`` (see ``init_app``)."""
         return init_app(app, self.limiter, rules=self.rules, handler=self.handler)
+
+
+def usage_view(limiter: Limiter) -> Callable[[], WSGIUsageEndpoint]:
+    """A Flask view reporting the caller's own standing, counting nothing (see
+    ``ratemw.usage``); exempt from every limit.
+
+    Example::
+
+        app.add_url_rule("/rate_limit", "rate_limit", usage_view(limiter))
+    """
+    endpoint = WSGIUsageEndpoint(limiter)
+
+    def rate_limit() -> WSGIUsageEndpoint:
+        return endpoint  # Flask runs a returned WSGI app with the request's environ
+
+    limiter.exempt(rate_limit)
+    return rate_limit

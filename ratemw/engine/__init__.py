@@ -52,6 +52,7 @@ from ratemw.policy.groups import LimitGroup
 from ratemw.policy.rules import Rule
 
 __all__ = [
+    "ADAPTER",
     "APPLIED",
     "CODE",
     "OUTCOME",
@@ -106,6 +107,8 @@ CODE = ""
 APPLIED = "ratemw.limiters"
 #: Where an adapter keeps a request's outcome for its endpoint (``ratemw.current``).
 OUTCOME = "ratemw.outcome"
+#: The adapter a request went through (the usage endpoint plans with its rules).
+ADAPTER = "ratemw.adapter"
 
 
 class Engine:
@@ -164,13 +167,17 @@ class Engine:
             self.settings, template or NO_ROUTE, groups, method, batch_id=self._batch_id
         )
 
-    def decide(self, plan: Plan, request: Any, method: str, path: str) -> Outcome:
-        """Decide a request under WSGI (sync storage)."""
-        return run(self.storages, decide(self.context, plan, request, method, path))
+    def decide(
+        self, plan: Plan, request: Any, method: str, path: str, op: str = "acquire"
+    ) -> Outcome:
+        """Decide a request under WSGI (sync storage); with ``op="peek"``, only look."""
+        return run(self.storages, decide(self.context, plan, request, method, path, op))
 
-    async def adecide(self, plan: Plan, request: Any, method: str, path: str) -> Outcome:
-        """Decide a request under ASGI (async storage)."""
-        return await arun(self.storages, decide(self.context, plan, request, method, path))
+    async def adecide(
+        self, plan: Plan, request: Any, method: str, path: str, op: str = "acquire"
+    ) -> Outcome:
+        """Decide a request under ASGI (async storage); with ``op="peek"``, only look."""
+        return await arun(self.storages, decide(self.context, plan, request, method, path, op))
 
     def settle(self, outcome: Outcome, response: ResponseInfo) -> None:
         """Once the response is over: free its concurrency slots, refund what does not count."""

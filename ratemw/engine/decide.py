@@ -214,6 +214,8 @@ def decide(
     for request_filter in settings.request_filters:
         if (yield from ask(context, FILTER, request_filter, (request,), _bool)) is True:
             return PASS
+    if plan.skips_preflight and is_preflight(request):
+        return PASS  # a browser's question before the real request, which counts
     static = plan.static
     identities: list[str] = []
     hits: list[Hit] = []
@@ -267,6 +269,13 @@ def decide(
         context, plan, request, method, path, hits, used, refundable, result, started,
         reports=op == "acquire",
     ))  # fmt: skip
+
+
+def is_preflight(request: Any) -> bool:
+    """A CORS preflight: ``OPTIONS`` with an ``Origin`` and an ``Access-Control-Request-Method``
+    header (the plan says the method)."""
+    names = {name.lower() for name, _ in request.scope.get("headers", ())}
+    return b"origin" in names and b"access-control-request-method" in names
 
 
 def group_use(

@@ -113,6 +113,8 @@ class Plan:
       header (``policy_field``) and each policy's item head (``heads``) compiled here.
     - ``needs_request``: something (a key, a callable, a hook) reads past the scope, so the
       adapter must build a full request object.
+    - ``skips_preflight``: an ``OPTIONS`` plan on a limiter that does not count CORS
+      preflights: a request that is one passes (``Limiter(count_preflight=False)``).
     - ``headed``: an admitted request's outcome carries its headers (false for calls from
       code, which read the decision: a refusal still carries them, for the 429 it may raise).
     """
@@ -125,6 +127,7 @@ class Plan:
     policy_field: str = ""
     heads: tuple[str, ...] = ()
     needs_request: bool = True
+    skips_preflight: bool = False
     headed: bool = True
     #: A static plan's groups as every request uses them: (entry, policies, cost) each.
     used: tuple[Any, ...] = field(default=(), compare=False)
@@ -176,6 +179,8 @@ def groups_for(
 ) -> list[LimitGroup]:
     """The limit groups that apply to ``method`` on ``endpoint`` at ``path`` (the path the
     app routes by). Defaults apply when none of the route's own limits covers ``method``."""
+    if any(exempt.matches(path) for exempt in settings.exempt_paths):
+        return []  # a health probe's path, say
     targets = declaration_targets(endpoint, method)
     if any(declarations.is_exempt(target) for target in targets):
         return []
@@ -315,6 +320,7 @@ def compile_plan(
         heads=tuple(p.head for p in every) if static else (),
         needs_request=bool(hooked or settings.request_filters)
         or any(_reads_request(entry.group, entry.key) for entry in entries),
+        skips_preflight=method == "OPTIONS" and not settings.count_preflight,
         used=tuple(make_used(e) for e in entries) if static else (),
         batch_id=batch_id(signature) if static else 0,
     )

@@ -19,7 +19,7 @@ from ratemw.policy.decision import Decision
 from ratemw.policy.groups import FAILURE_MODES, LimitGroup, by_request, check_callable, groups_from
 from ratemw.policy.headers import HEADER_MODES
 from ratemw.policy.limits import Quota, parse_limit_list, strategy_problem
-from ratemw.policy.rules import Rule
+from ratemw.policy.rules import ExemptPath, Rule, exempt_paths
 from ratemw.policy.rules import check_rules as checked_rules
 from ratemw.storage.base import CONCURRENCY
 from ratemw.storage.strategies import STRATEGY_IMPLEMENTATIONS
@@ -64,6 +64,8 @@ class Settings:
     rules: tuple[Rule, ...]
     request_filters: tuple[Callable[[Any], Any], ...]
     storage_name: str  # the storage URI, passwords hidden: for messages
+    count_preflight: bool = False
+    exempt_paths: tuple[ExemptPath, ...] = ()  # paths no limit applies to (health probes)
 
     @property
     def key_head(self) -> str:
@@ -207,5 +209,13 @@ def build_settings(
         rules=(),
         request_filters=request_filters,
         storage_name=storage_name,
+        count_preflight=_flag(arguments["count_preflight"], "count_preflight"),
+        exempt_paths=exempt_paths(arguments["exempt_paths"]),
     )
     return replace(settings, rules=check_rules(arguments["rules"], settings))
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"invalid {name} {value!r}: expected True or False")
+    return value

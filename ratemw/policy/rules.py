@@ -126,6 +126,37 @@ class Rule:
         return self._regex.match(path) is not None
 
 
+class ExemptPath:
+    """A path no limit applies to (``Limiter(exempt_paths=...)``), written as a rule path."""
+
+    __slots__ = ("path", "_regex")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._regex = _compile(path)
+
+    def __repr__(self) -> str:
+        return repr(self.path)
+
+    def matches(self, path: str) -> bool:
+        return self._regex.match(path) is not None
+
+
+def exempt_paths(paths: Any) -> tuple[ExemptPath, ...]:
+    """``exempt_paths`` checked: rule paths such as ``"/healthz"`` or ``"/health*"``."""
+    if isinstance(paths, str) or not isinstance(paths, Iterable):
+        raise ConfigurationError(
+            f"invalid exempt_paths {paths!r}: expected a list of paths, such as ['/healthz']"
+        )
+    compiled = []
+    for path in paths:
+        try:
+            compiled.append(ExemptPath(path))
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"exempt_paths: {exc}") from None
+    return tuple(compiled)
+
+
 def check_rules(rules: Iterable[Any]) -> tuple[Rule, ...]:
     result = tuple(rules)
     for rule in result:

@@ -52,6 +52,18 @@ class FlaskRoutes:
             return None, None
         return app.view_functions.get(rule.endpoint), rule.rule
 
+    def templates(self) -> list[tuple[str, tuple[str, ...], Any]]:
+        """(template, methods, view) of every rule of the app's URL map (``HEAD`` and
+        ``OPTIONS``, which Flask adds to every rule, left out)."""
+        app = self.app
+        found = []
+        for rule in app.url_map.iter_rules():
+            view = app.view_functions.get(rule.endpoint)
+            methods = tuple(sorted(set(rule.methods or ()) - {"HEAD", "OPTIONS"}))
+            if view is not None and methods:
+                found.append((rule.rule, methods, view))
+        return found
+
     def catch_raised(self, answer: Callable[[Any], Any]) -> None:
         """Have Flask answer a ``RateLimitExceeded`` a view raises (``limiter.hit`` with
         ``raise_exceeded=True``) with ``answer(exc)``, a WSGI application: Flask would

@@ -8,6 +8,7 @@ will) to learn the endpoint (whose decorators carry limits) and the route templa
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from starlette import routing
@@ -151,3 +152,37 @@ def resolve(app: Any, scope: dict[str, Any]) -> Resolution:
     if routes:
         found.endpoint, found.template = _match(routes, scope, "", found)
     return found
+
+
+def templates(app: Any) -> Iterator[tuple[str, tuple[str, ...], Any]]:
+    """(template, methods, endpoint) of every route of a Starlette or FastAPI app, inside
+    mounts and included routers too. ``HEAD`` is left out (it counts as ``GET``); a WebSocket
+    route's method is ``WEBSOCKET``."""
+    router = getattr(app, "router", app)
+    yield from _walk(getattr(router, "routes", None) or (), "")
+
+
+def _walk(routes: Iterable[Any], prefix: str) -> Iterator[tuple[str, tuple[str, ...], Any]]:
+    fastapi = sys.modules.get("fastapi.routing")
+    contexts = getattr(fastapi, "iter_route_contexts", None)
+    if contexts is not None:  # FastAPI includes routers lazily: walked as its OpenAPI does
+        try:
+            routes = list(contexts(routes))
+        except Exception:
+            routes = list(routes)
+    for route in routes:
+        inner = getattr(route, "routes", None) if hasattr(route, "app") else None
+        if inner is not None:  # a Mount or Host of routes
+            yield from _walk(inner, prefix + _template(route).removesuffix("/{path}"))
+            continue
+        endpoint = getattr(route, "endpoint", None)
+        if endpoint is None:
+            continue
+        methods = getattr(route, "methods", None)
+        if methods:
+            named = tuple(sorted(m for m in methods if m != "HEAD"))
+        elif "websocket" in type(getattr(route, "original_route", route)).__name__.lower():
+            named = ("WEBSOCKET",)
+        else:
+            continue
+        yield prefix + _template(route), named, endpoint

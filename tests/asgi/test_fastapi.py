@@ -62,3 +62,26 @@ def test_validation_errors_still_counted_and_not_500() -> None:
     client = build(Limiter(clock=FakeClock()))
     assert client.get("/users/not-a-number").status_code == 422
     assert client.get("/users/1").status_code == 429
+
+
+def test_the_usage_endpoint_in_fastapi() -> None:
+    from ratemw.usage import UsageEndpoint
+
+    limiter = Limiter(clock=FakeClock())
+    app = FastAPI()
+    router = APIRouter(prefix="/v1")
+
+    @router.get("/users/{user_id}")
+    @limiter.limit("3/minute")
+    async def user(user_id: int) -> dict[str, int]:
+        return {"id": user_id}
+
+    app.include_router(router)
+    app.add_route("/rate_limit", UsageEndpoint(limiter))
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)
+    client = TestClient(app)
+    client.get("/v1/users/1")
+    (one,) = client.get("/rate_limit", params={"path": "/v1/users/9"}).json()["routes"]
+    assert (one["route"], one["policies"][0]["remaining"]) == ("/v1/users/{user_id}", 2)
+    listed = client.get("/rate_limit").json()["routes"]
+    assert [(r["route"], r["method"]) for r in listed] == [("/v1/users/{user_id}", "GET")]

@@ -574,3 +574,40 @@ def test_rate_limit_exceeded_raised_in_a_view_is_the_standard_429() -> None:
     assert refused["Retry-After"] == "55"
     assert refused["Content-Type"] == "application/problem+json"
     assert "GET /login/" in refused.json()["detail"]
+
+
+def test_the_usage_view() -> None:
+    from ratemw.contrib.django import usage_view
+
+    clock = FakeClock()
+    limiter = Limiter(clock=clock, default_limits="10/minute")
+
+    class Items(View):
+        @limiter.limit("3/minute")
+        def post(self, request: HttpRequest, pk: int) -> HttpResponse:
+            return HttpResponse("ok")
+
+    with project(
+        limiter,
+        path("search/", limiter.limit("5/minute")(ok)),
+        path("api/", include([path("items/<int:pk>/", csrf_exempt(Items.as_view()))])),
+        path("rate_limit", usage_view),
+    ):
+        client = Client()
+        client.get("/search/")
+        client.post("/api/items/1/")
+        (search,) = client.get("/rate_limit", {"path": "/search/"}).json()["routes"]
+        assert (search["route"], search["policies"][0]["remaining"]) == ("search/", 4)
+        (item,) = client.get("/rate_limit", {"path": "/api/items/7/", "method": "POST"}).json()[
+            "routes"
+        ]
+        assert (item["route"], item["policies"][0]["remaining"]) == ("api/items/<int:pk>/", 2)
+        listed = client.get("/rate_limit").json()["routes"]
+        assert {(r["route"], r["method"]) for r in listed} == {
+            ("search/", "GET"), ("api/items/<int:pk>/", "POST")
+        }  # fmt: skip
+        for _ in range(30):  # exempt, and counting nothing
+            assert client.get("/rate_limit").status_code == 200
+        (search,) = client.get("/rate_limit", {"path": "/search/"}).json()["routes"]
+        assert search["policies"][0]["remaining"] == 4
+        assert client.get("/rate_limit", {"method": "NOPE"}).status_code == 400

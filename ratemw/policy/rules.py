@@ -129,7 +129,7 @@ class Rule:
 class ExemptPath:
     """A path no limit applies to (``Limiter(exempt_paths=...)``), written as a rule path."""
 
-    __slots__ = ("path", "_regex")
+    __slots__ = ("_regex", "path")
 
     def __init__(self, path: str) -> None:
         self.path = path

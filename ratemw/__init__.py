@@ -23,6 +23,7 @@ from ratemw.errors import (
     StorageError,
 )
 from ratemw.limiter import Limiter
+from ratemw.policy.calendar import Calendar
 from ratemw.policy.decision import Decision, PolicyState
 from ratemw.policy.rules import Rule
 from ratemw.standing import current
@@ -31,6 +32,7 @@ from ratemw.wsgi import WSGIRateLimitMiddleware
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Calendar",
     "ConfigurationError",
     "Decision",
     "Limiter",

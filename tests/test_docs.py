@@ -49,6 +49,7 @@ RUN = [
     DOCS / "limits-from-code.md",
     DOCS / "strategies.md",
     DOCS / "tiers.md",
+    DOCS / "calendar-quotas.md",
 ]
 PAGES = [*sorted(DOCS.rglob("*.md")), README]
 # Whether ratemw is on PyPI: until it is, install lines install it from a checkout

@@ -16,7 +16,7 @@ from ratemw.cli.project import load_config
 from ratemw.cli.report import build_report, print_report
 from ratemw.config import Config
 from ratemw.engine.hits import KeyHasher, make_hit, storage_key
-from ratemw.engine.plans import key_tail
+from ratemw.engine.plans import PlannedPolicy, dated, key_tail
 from ratemw.errors import ConfigurationError
 from ratemw.limiter import Limiter
 from ratemw.policy.groups import LimitGroup, groups_from
@@ -111,7 +111,13 @@ def _hits(
     settings = limiter.settings
     found: list[tuple[str, Hit]] = []
     for quota in group.quotas or ():
-        key = storage_key(settings, digest, key_tail(settings.strategy, bucket, quota))
+        tail = key_tail(settings.strategy, bucket, quota)
+        if quota.calendar is not None:  # the period it is now (a billing day callable: the 1st)
+            day = quota.calendar.billing_day
+            now = PlannedPolicy(quota, quota.name, tail, "")
+            dated_now = dated(now, settings.clock_ms(), day if isinstance(day, int) else 1)
+            quota, tail = dated_now.quota, dated_now.key_tail
+        key = storage_key(settings, digest, tail)
         found.append((group.name_prefix + quota.name, make_hit(settings, key, quota, 1, True)))
     return bucket, found
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from ratemw._redact import describe_error
 from ratemw.engine.failures import (
+    BILLING_DAY,
     COST,
     DEDUCT,
     EXEMPT,
@@ -40,7 +41,15 @@ from ratemw.engine.failures import (
     Role,
 )
 from ratemw.engine.hits import KeptHits, KeyHasher, policy_hits
-from ratemw.engine.plans import MAX_FALLBACKS, Entry, Plan, Used, planned_policies
+from ratemw.engine.plans import (
+    MAX_FALLBACKS,
+    Entry,
+    Plan,
+    PlannedPolicy,
+    Used,
+    dated,
+    planned_policies,
+)
 from ratemw.engine.reporting import (
     call_hook,
     exceeded_for,
@@ -51,6 +60,7 @@ from ratemw.engine.reporting import (
 from ratemw.engine.settings import Settings
 from ratemw.errors import ConfigurationError, RateLimitExceeded, StorageCallError, StorageError
 from ratemw.keys import UNKNOWN_CLIENT, client_ip
+from ratemw.policy.calendar import valid_billing_day
 from ratemw.policy.decision import Decision, admitted, decision_of
 from ratemw.policy.groups import (
     TAKES_KEY,
@@ -289,11 +299,33 @@ def group_use(
         names = set(plan.names).union(p.name for u in used for p in u.policies)
         quotas = yield from limit_quotas(context, group, request, identity)
         policies = planned_policies(context.settings.strategy, group, entry.bucket, quotas, names)
+    if any(policy.quota.calendar is not None for policy in policies):
+        policies = yield from dated_policies(context, policies, request)
     cost = group.cost
     if type(cost) is not int:
         cost = yield from ask(context, COST, cost, (request,), valid_cost)
         cost = 1 if cost is FAILED else cost  # a failing cost counts 1
     return Used(entry, policies, cost)
+
+
+def dated_policies(
+    context: Context, policies: tuple[PlannedPolicy, ...], request: Any
+) -> Generator[Any, Any, tuple[PlannedPolicy, ...]]:
+    """The calendar quotas among ``policies``, in the periods this request falls in (a
+    billing day callable that fails counts months from the 1st)."""
+    now_ms = context.settings.clock_ms()
+    found = []
+    for policy in policies:
+        calendar = policy.quota.calendar
+        if calendar is None:
+            found.append(policy)
+            continue
+        day = calendar.billing_day
+        if callable(day):
+            day = yield from ask(context, BILLING_DAY, day, (request,), valid_billing_day)
+            day = 1 if day is FAILED else day
+        found.append(dated(policy, now_ms, day or 1))
+    return tuple(found)
 
 
 def conclude(

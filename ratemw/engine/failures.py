@@ -19,6 +19,7 @@ from typing import Any
 from ratemw._bounded import Bounded
 
 __all__ = [
+    "BILLING_DAY",
     "CODE_COST",
     "CODE_KEY",
     "COST",
@@ -96,6 +97,9 @@ CODE_COST = Role(
     "function",
     "a whole number >= 1",
     "the call costs 1",
+)
+BILLING_DAY = Role(
+    "billing_day", "billing_day_failed", "function", "a day 1-31", "months are counted from the 1st"
 )
 RATE = Role(
     "rate callable",

@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from ratemw._bounded import Bounded
-from ratemw.engine.plans import Plan, PlannedPolicy
+from ratemw.engine.plans import CALENDAR_STRATEGY, Plan, PlannedPolicy
 from ratemw.engine.settings import Settings
 from ratemw.policy.limits import Quota
 from ratemw.storage.base import CONCURRENCY, Batch, Hit
@@ -59,6 +59,9 @@ def make_hit(settings: Settings, key: str, quota: Quota, cost: int, enforce: boo
         # A cost over the quota's capacity can never fit, however large: the storage sees
         # the smallest such cost, and its numbers stay exact.
         cost = min(cost, max(quota.amount, quota.burst or 0) + 1)
+    if quota.until_ms:  # a calendar quota, dated: its window ends with the period
+        window_ms = max(quota.until_ms - settings.clock_ms(), 1)
+        return Hit(key, quota.amount, window_ms, cost, CALENDAR_STRATEGY, enforce, 0)
     return Hit(key, quota.amount, quota.window_ms, cost, settings.strategy, enforce,
                quota.burst or 0)  # fmt: skip
 

@@ -12,18 +12,23 @@ run once per distinct request line.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ratemw._bounded import Bounded
 from ratemw.engine.settings import Settings
 from ratemw.keys import client_ip, header
+from ratemw.policy.calendar import period_of
 from ratemw.policy.groups import LimitGroup
 from ratemw.policy.headers import policy_item, state_head
 from ratemw.policy.limits import Quota
 from ratemw.policy.rules import Rule, rule_groups
 from ratemw.storage.base import CONCURRENCY
 from ratemw.storage.strategies import tag_of
+
+#: The strategy calendar quotas are counted by, whatever the limiter's: a window that ends
+#: on the calendar's boundary.
+CALENDAR_STRATEGY = "fixed-window"
 
 __all__ = [
     "MAX_CACHED_PATH",
@@ -198,7 +203,11 @@ def groups_for(
 
 def key_tail(strategy: str, bucket: str, quota: Quota) -> str:
     """A quota's storage key after the caller's digest: ``}:<bucket>:<tag>:<amount>/<window>``."""
-    tag = tag_of(CONCURRENCY if quota.concurrent else strategy)
+    if quota.concurrent:
+        strategy = CONCURRENCY
+    elif quota.calendar is not None:
+        strategy = CALENDAR_STRATEGY
+    tag = tag_of(strategy)
     return f"}}:{bucket}:{tag}:{quota.amount}/{quota.window}"
 
 
@@ -243,10 +252,26 @@ def reads_scope_only(key: Any) -> bool:
 def _is_static(group: LimitGroup) -> bool:
     return (
         group.quotas is not None
-        and not any(quota.concurrent for quota in group.quotas)
+        and not any(quota.concurrent or quota.calendar for quota in group.quotas)
         and group.exempt_when is None
         and group.deduct_when is None
         and isinstance(group.cost, int)
+    )
+
+
+def dated(policy: PlannedPolicy, now_ms: int, billing_day: int = 1) -> PlannedPolicy:
+    """A calendar quota's policy for a request at ``now_ms``: its window is the period's
+    length, its count the period's own (the period is in its storage key), and it ends with
+    the period (``until_ms``)."""
+    quota = policy.quota
+    assert quota.calendar is not None
+    period, start_ms, end_ms = period_of(now_ms, quota.calendar, billing_day)
+    length = -(-(end_ms - start_ms) // 1000)
+    return PlannedPolicy(
+        replace(quota, window=length, until_ms=end_ms),
+        policy.name,
+        f"{policy.key_tail}:{period}",
+        policy.head,
     )
 
 

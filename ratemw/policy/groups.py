@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ratemw.errors import ConfigurationError
-from ratemw.policy.limits import MAX_AMOUNT, Quota, parse_quotas
+from ratemw.policy.calendar import Calendar
+from ratemw.policy.limits import MAX_AMOUNT, Quota, calendar_quota, parse_quotas
 
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -25,7 +26,7 @@ HTTP_METHODS = frozenset(
 KNOWN_METHODS = HTTP_METHODS | {"WEBSOCKET"}
 
 FAILURE_MODES = ("allow", "deny", "fallback")
-LimitValue = str | Callable[[Any], Any]
+LimitValue = str | Calendar | Callable[[Any], Any]
 CostValue = int | Callable[[Any], Any]
 
 
@@ -195,13 +196,16 @@ class LimitGroup:
         what = f"{self.kind} limit {self.limit!r}"
         if isinstance(self.limit, str):
             object.__setattr__(self, "quotas", parse_quotas(self.limit))
+        elif isinstance(self.limit, Calendar):
+            quota = calendar_quota(self.limit.amount, self.limit.period, self.limit.text)
+            object.__setattr__(self, "quotas", (quota,))
         elif callable(self.limit):
             object.__setattr__(self, "quotas", None)
             object.__setattr__(self, "limit_takes", convention(self.limit, key_allowed=True))
         else:
             raise ConfigurationError(
-                f"invalid limit {self.limit!r}: expected a string such as '5/minute' or a "
-                "callable of the request returning one"
+                f"invalid limit {self.limit!r}: expected a string such as '5/minute', a "
+                "Calendar, or a callable of the request returning a limit string"
             )
         if self.fallback is not None:
             if not isinstance(self.fallback, str):
@@ -271,7 +275,7 @@ def groups_from(
     """Build groups from one limit or a list of them (strings and/or callables)."""
     if limits is None:
         return ()
-    if isinstance(limits, str) or callable(limits):
+    if isinstance(limits, str | Calendar) or callable(limits):
         limits = [limits]
     try:
         items = list(limits)

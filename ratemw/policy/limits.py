@@ -15,6 +15,7 @@ from functools import lru_cache
 import limits
 
 from ratemw.errors import ConfigurationError
+from ratemw.policy.calendar import NOMINAL, CalendarPeriod, parse_calendar
 
 _SEPARATORS = re.compile(r"[,;|]")
 #: The longest window a quota may have, and the largest amount: beyond them no real quota
@@ -43,6 +44,10 @@ class Quota:
     text: str
     burst: int | None = None
     concurrent: bool = False
+    #: A calendar quota's calendar; its ``window`` is the period's nominal length until a
+    #: request dates it (``until_ms``: the end of the period that request falls in).
+    calendar: CalendarPeriod | None = None
+    until_ms: int = 0
     window_ms: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -66,7 +71,18 @@ def _quota_from_item(item: limits.RateLimitItem, burst: int | None) -> Quota:
     return Quota(amount=amount, window=int(item.get_expiry()), name=name, text=text, burst=burst)
 
 
+def calendar_quota(amount: int, calendar: CalendarPeriod, text: str = "") -> Quota:
+    """The quota of ``amount`` per calendar period."""
+    unit = "request" if amount == 1 else "requests"
+    text = text or f"{amount} {unit} per calendar {calendar.period} ({calendar.zone})"
+    name = f"per-calendar-{calendar.period}"
+    return Quota(amount, NOMINAL[calendar.period], name, text, calendar=calendar)
+
+
 def _parse_item(value: str, item: str) -> Quota:
+    calendar = parse_calendar(item)
+    if calendar is not None:
+        return calendar_quota(*calendar)
     concurrent = _CONCURRENT.match(item)
     if concurrent:
         amount = int(concurrent["amount"])
@@ -139,8 +155,8 @@ _SCALED = ("sliding-window-counter", "gcra")
 
 def strategy_problem(quota: Quota, strategy: str) -> str | None:
     """Why ``strategy`` cannot count ``quota`` exactly (``None``: it can)."""
-    if quota.concurrent:
-        return None
+    if quota.concurrent or quota.calendar is not None:
+        return None  # counted as such, whatever the strategy
     if quota.burst is not None and strategy != "gcra":
         return f"has a burst, which only strategy='gcra' counts (this limiter uses {strategy!r})"
     if strategy in _SCALED:

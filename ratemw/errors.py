@@ -92,7 +92,7 @@ class RateLimitExceeded(RatemwError):
 
     @property
     def violated(self) -> tuple[PolicyState, ...]:
-        return tuple(p for p in self.decision.policies if p.violated)
+        return tuple(p for p in self.decision.policies if p.violated and p.enforced)
 
     @property
     def detail(self) -> str:

@@ -460,6 +460,7 @@ class Limiter:
             (``name``, ``quota``, ``window``, ``remaining``, ``reset``).
         """
         if not self.engine.settings.enabled:
+            self._calls.group(self.engine, limit, scope, 1)  # a bad limit fails even so
             return ADMITTED
         plan, caller = self._calls.prepare(self.engine, key, limit, scope, cost, request)
         return decision_of_call(self.engine.hit(plan, caller), raise_exceeded)
@@ -476,6 +477,7 @@ class Limiter:
     ) -> Decision:
         """The async twin of ``hit`` (async storage, for ASGI apps and async code)."""
         if not self.engine.settings.enabled:
+            self._calls.group(self.engine, limit, scope, 1)  # a bad limit fails even so
             return ADMITTED
         plan, caller = self._calls.prepare(self.engine, key, limit, scope, cost, request)
         return decision_of_call(await self.engine.ahit(plan, caller), raise_exceeded)
@@ -500,6 +502,7 @@ class Limiter:
             limiter.peek(username, "5/15 minutes", scope="login-failures", raise_exceeded=True)
         """
         if not self.engine.settings.enabled:
+            self._calls.group(self.engine, limit, scope, 1)  # a bad limit fails even so
             return ADMITTED
         plan, caller = self._calls.prepare(self.engine, key, limit, scope, cost, request)
         return decision_of_call(self.engine.hit(plan, caller, op="peek"), raise_exceeded)
@@ -516,6 +519,7 @@ class Limiter:
     ) -> Decision:
         """The async twin of ``peek``."""
         if not self.engine.settings.enabled:
+            self._calls.group(self.engine, limit, scope, 1)  # a bad limit fails even so
             return ADMITTED
         plan, caller = self._calls.prepare(self.engine, key, limit, scope, cost, request)
         outcome = await self.engine.ahit(plan, caller, op="peek")

@@ -261,7 +261,7 @@ def limited_groups(
     limiter: Limiter, endpoint: Any, template: str, method: str, rules: tuple[Rule, ...] = ()
 ) -> list[LimitGroup]:
     """The limit groups that apply to ``method`` on a route (empty: not limited)."""
-    plan = limiter.engine.plan(endpoint, template, template, method, rules)
+    plan = limiter.engine.plan(endpoint, template, template, method, rules, from_template=True)
     return [g for g in plan.groups if g.applies_to(method)]
 
 

@@ -33,19 +33,23 @@ def current(request: Any) -> Decision | None:
     ``request`` is a Starlette or FastAPI ``Request`` (or ``WebSocket``), a Flask or
     Django request, or the ASGI scope or WSGI environ itself.
     """
-    holder = _holder(request)
-    outcome = holder.get(OUTCOME) if holder is not None else None
-    if outcome is None:
-        return None
-    explained: Decision | None = outcome.explain()
-    return explained
-
-
-def _holder(request: Any) -> Mapping[str, Any] | None:
-    if isinstance(request, Mapping):
-        return request
-    for name in ("scope", "environ", "META"):  # Starlette; Flask (werkzeug); Django
-        found = getattr(request, name, None)
-        if isinstance(found, Mapping):
-            return found
+    for holder in _holders(request):
+        outcome = holder.get(OUTCOME)
+        if outcome is not None:
+            explained: Decision | None = outcome.explain()
+            return explained
     return None
+
+
+def _holders(request: Any) -> list[Mapping[str, Any]]:
+    """Where the middleware may have kept the outcome: the request itself (a scope or an
+    environ), Django's ``META``, werkzeug's ``environ``, Starlette's ``scope`` (Django's ASGI
+    request has a ``scope`` too, but its middleware keeps the outcome in ``META``)."""
+    if isinstance(request, Mapping):
+        return [request]
+    found = []
+    for name in ("META", "environ", "scope"):
+        holder = getattr(request, name, None)
+        if isinstance(holder, Mapping):
+            found.append(holder)
+    return found

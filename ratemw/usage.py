@@ -174,7 +174,7 @@ class UsageEndpoint:
         rows = []
         for template, methods, endpoint in templates(app):
             for each in methods:
-                plan = engine.plan(endpoint, template, template, each, rules)
+                plan = engine.plan(endpoint, template, template, each, rules, from_template=True)
                 if plan.entries:
                     rows.append((template, each, plan, _target(scope, root, template, each)))
         return rows
@@ -249,7 +249,9 @@ class WSGIUsageEndpoint:
             rows = []
             for template, methods, endpoint in listing():  # type: ignore[misc]
                 for each in methods:
-                    plan = engine.plan(endpoint, template, template, each, rules)
+                    plan = engine.plan(
+                        endpoint, template, template, each, rules, from_template=True
+                    )
                     if plan.entries:
                         rows.append((template, each, plan, _wsgi_target(environ, template, each)))
         for template, row_method, plan, target in rows:

@@ -208,7 +208,8 @@ class WSGIRateLimitMiddleware:
         # the key; the path is the decoded one, so equivalent spellings share an entry.
         routes = self.routes
         host = None if routes is None else environ.get("HTTP_HOST", "")
-        cache_key = (method, host, path)
+        # SCRIPT_NAME apart: "/api" + "/search" and "" + "/api/search" route differently.
+        cache_key = (method, host, environ.get("SCRIPT_NAME", ""), path)
         planner = self._planner
         plan = planner.plans.get(cache_key) if planner.engine is engine else None
         if plan is None:

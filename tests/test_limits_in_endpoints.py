@@ -276,7 +276,9 @@ def test_block_false_lets_the_request_through_with_the_truth(
     assert header(replies[2], "Retry-After") is None
     # The fourth is refused by the enforced limit alone: its Retry-After is the enforced one.
     refused = body(replies[3])
-    assert [(p["quota"], p["remaining"]) for p in refused["policies"]] == [(2, 0), (3, 0)]
+    # Refused by the enforced limit: the body names it alone (the soft one refused nothing).
+    assert [(p["quota"], p["remaining"]) for p in refused["policies"]] == [(3, 0)]
+    assert refused["violated-policies"] == ["route-per-minute"]
     assert header(replies[3], "Retry-After") == "60"
 
 

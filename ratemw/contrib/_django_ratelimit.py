@@ -273,7 +273,11 @@ def _identity(limiter: Limiter, key: Any, group: str, request: Any, user: Any) -
     except Exception as exc:  # a malformed body, a key callable that raises
         limiter.engine.context.failures(KEY, key, exc, None)
     identity = valid_identity(value)
-    return identity if identity is not None else _address(limiter, request)
+    if identity is None:
+        return _address(limiter, request)
+    # Marked as a value the request (or a key callable) gave, so that no value can name the
+    # bucket of an address (a caller sending another's address as its API key).
+    return "v:" + identity
 
 
 def _limiter() -> Limiter | None:

@@ -43,7 +43,7 @@ def usage_view(request: Any) -> Any:
     else:
         for template, methods, view in templates(urlconf):
             for each in methods:
-                plan = engine.plan(view, template, "/" + template, each)
+                plan = engine.plan(view, template, "/" + template, each, from_template=True)
                 if plan.entries:
                     rows.append((template, each, plan, "/" + template))
     entries = []

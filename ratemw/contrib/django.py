@@ -98,7 +98,7 @@ def _prepare(request: Any, is_async: bool) -> _Pending | None:
     path: str = request.path
     urlconf = getattr(request, "urlconf", None)  # set by middleware such as django-hosts
     path_info: str = request.path_info  # rules match it: relative to SCRIPT_NAME
-    cache_key = (method, path, urlconf)
+    cache_key = (method, path, path_info, urlconf)  # the script prefix apart, too
     planner = config.planner
     plan = planner.plans.get(cache_key) if planner.engine is engine else None
     if plan is None:

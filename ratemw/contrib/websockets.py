@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ratemw.engine.decide import key_failed
@@ -40,7 +40,7 @@ POLICY_VIOLATION = 1008
 _CONNECTION = "ratemw.connection"  # a connection's own identity, in its scope
 _MAX_REASON = 123  # bytes a close frame's reason may hold
 
-Exceeded = Callable[[Any, Decision], Awaitable[Any]]
+Exceeded = Callable[[Any, Decision], Any]  # sync, or async (awaited)
 
 
 class MessageLimit:
@@ -59,7 +59,7 @@ class MessageLimit:
         on_exceeded: ``"close"`` (default: close with 1008 and a reason such as
             ``"rate limit exceeded; retry in 3 s"``), ``"message"`` (send a JSON message
             ``{"error": "rate_limited", "retry_after": 3, ...}``, drop the message, keep the
-            connection), or an async callable ``(websocket, decision)`` of your own.
+            connection), or a callable ``(websocket, decision)`` of your own (sync or async).
     """
 
     def __init__(
@@ -140,7 +140,9 @@ class MessageLimit:
 
     async def _exceeded(self, websocket: Any, decision: Decision) -> None:
         if callable(self.on_exceeded):
-            await self.on_exceeded(websocket, decision)
+            answered = self.on_exceeded(websocket, decision)
+            if inspect.isawaitable(answered):
+                await answered
             return
         retry = decision.retry_after
         if self.on_exceeded == "message":

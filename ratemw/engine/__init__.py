@@ -159,10 +159,16 @@ class Engine:
         path: str,
         method: str,
         extra_rules: tuple[Rule, ...] = (),
+        *,
+        from_template: bool = False,
     ) -> Plan:
         """The plan of a request on ``endpoint`` (its route ``template``) at ``path`` (as the
-        app routes it: rules match it), for ``method``."""
-        groups = groups_for(self.settings, self.declarations, endpoint, path, method, extra_rules)
+        app routes it: rules match it), for ``method``. ``from_template``: ``path`` is the
+        route's template, not a request's (to document or list a route's limits)."""
+        groups = groups_for(
+            self.settings, self.declarations, endpoint, path, method, extra_rules,
+            template=from_template,
+        )  # fmt: skip
         return compile_plan(
             self.settings, template or NO_ROUTE, groups, method, batch_id=self._batch_id
         )

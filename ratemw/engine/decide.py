@@ -276,8 +276,7 @@ def decide(
             outcome.basis = used, result
             return outcome
     return (yield from conclude(
-        context, plan, request, method, path, hits, used, refundable, result, started,
-        reports=op == "acquire",
+        context, plan, request, method, path, hits, used, refundable, result, started, op,
     ))  # fmt: skip
 
 
@@ -339,17 +338,18 @@ def conclude(
     refundable: list[Refundable],
     result: Any,
     started: float = 0.0,
-    reports: bool = True,
+    op: str = "acquire",
 ) -> Step:
     """The outcome once the storage answered ``hits`` with ``result`` (usages, or the error
     it raised): the failure mode, the decision, what to report, what to send. A look that
-    counts nothing (``peek``) ``reports`` nothing: no metrics, hooks or refusal log line."""
+    counts nothing (``op="peek"``) reports nothing: no metrics, hooks or refusal log line."""
+    reports = op == "acquire"
     settings = context.settings
     fallback = False
     if isinstance(result, BaseException):
         # A shadow limit refuses nothing, storage or not: only enforced limits choose.
         mode = failure_mode(settings, [u.entry.group for u in used if u.entry.enforce])
-        failed = yield from storage_failed(context, request, hits, result, mode)
+        failed = yield from storage_failed(context, request, hits, result, mode, op)
         if not isinstance(failed, list):
             return failed
         result, fallback = failed, True
@@ -574,9 +574,15 @@ def failure_mode(settings: Settings, groups: list[LimitGroup]) -> str:
 
 
 def storage_failed(
-    context: Context, request: Any, hits: list[Hit], error: BaseException, mode: str
+    context: Context,
+    request: Any,
+    hits: list[Hit],
+    error: BaseException,
+    mode: str,
+    op: str = "acquire",
 ) -> Generator[Any, Any, Outcome | list[Usage]]:
-    """Apply ``mode``: a 503, the fallback storage's usages, or a pass."""
+    """Apply ``mode``: a 503, the fallback storage's usages (for ``op``: a look only looks
+    there too), or a pass."""
     settings = context.settings
     if settings.metrics is not None:
         settings.metrics.storage_error()
@@ -591,7 +597,7 @@ def storage_failed(
     if mode == "deny":
         return Outcome.unavailable_storage()
     if mode == "fallback":
-        result = yield StorageCall(hits, fallback=True)
+        result = yield StorageCall(hits, op=op, fallback=True)
         if not isinstance(result, BaseException):
             return list(result)
     return PASS

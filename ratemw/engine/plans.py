@@ -181,16 +181,19 @@ def groups_for(
     path: str,
     method: str,
     extra_rules: tuple[Rule, ...] = (),
+    *,
+    template: bool = False,
 ) -> list[LimitGroup]:
     """The limit groups that apply to ``method`` on ``endpoint`` at ``path`` (the path the
-    app routes by). Defaults apply when none of the route's own limits covers ``method``."""
-    if any(exempt.matches(path) for exempt in settings.exempt_paths):
+    app routes by; with ``template``, the route's template, for documents and listings).
+    Defaults apply when none of the route's own limits covers ``method``."""
+    if any(exempt.matches(path, template=template) for exempt in settings.exempt_paths):
         return []  # a health probe's path, say
     targets = declaration_targets(endpoint, method)
     if any(declarations.is_exempt(target) for target in targets):
         return []
     own = [g for target in targets for g in declarations.groups_of(target)]
-    own.extend(rule_groups(settings.rules + extra_rules, path))
+    own.extend(rule_groups(settings.rules + extra_rules, path, template=template))
     own = [g for g in own if g.applies_to(method)]
     groups = own
     if not own or any(not g.override_defaults for g in own):
@@ -261,17 +264,17 @@ def _is_static(group: LimitGroup) -> bool:
 
 def dated(policy: PlannedPolicy, now_ms: int, billing_day: int = 1) -> PlannedPolicy:
     """A calendar quota's policy for a request at ``now_ms``: its window is the period's
-    length, its count the period's own (the period is in its storage key), and it ends with
-    the period (``until_ms``)."""
+    length, and it ends with the period (``until_ms``)."""
     quota = policy.quota
     assert quota.calendar is not None
-    period, start_ms, end_ms = period_of(now_ms, quota.calendar, billing_day)
+    _, start_ms, end_ms = period_of(now_ms, quota.calendar, billing_day)
     length = -(-(end_ms - start_ms) // 1000)
+    # One count per caller and quota, whatever period or billing day a request computes:
+    # its window, set by the period's first request, ends on that period's boundary and the
+    # count with it. (A billing day a caller can vary, or a failing callable, earns no count
+    # of its own.)
     return PlannedPolicy(
-        replace(quota, window=length, until_ms=end_ms),
-        policy.name,
-        f"{policy.key_tail}:{period}",
-        policy.head,
+        replace(quota, window=length, until_ms=end_ms), policy.name, policy.key_tail, policy.head
     )
 
 
@@ -279,6 +282,10 @@ def _reads_request(group: LimitGroup, key: Any) -> bool:
     return not (
         reads_scope_only(key)
         and group.quotas is not None
+        and not any(
+            quota.calendar is not None and callable(quota.calendar.billing_day)
+            for quota in group.quotas
+        )
         and group.exempt_when is None
         and isinstance(group.cost, int)
         and not callable(group.error_message)

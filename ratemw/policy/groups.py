@@ -125,7 +125,10 @@ def valid_identity(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # more digits than Python converts to text: its hex is as unique
+            return hex(value)
     if isinstance(value, bytes):
         return value.decode("latin-1") if value.strip() else None
     if isinstance(value, uuid.UUID):

@@ -46,7 +46,8 @@ def problem_body(
     decision: Decision, method: str, path: str, detail: str | None = None
 ) -> dict[str, Any]:
     """The problem+json document of a refusal; ``detail`` replaces the default sentence."""
-    violated = [p for p in decision.policies if p.violated]
+    # The policies that refused it: not one a request may go over (block=False).
+    violated = [p for p in decision.policies if p.violated and p.enforced]
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE,
         "title": PROBLEM_TITLE,

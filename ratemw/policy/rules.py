@@ -12,10 +12,28 @@ from ratemw.policy.groups import CostValue, LimitGroup, LimitValue, groups_from
 # Route parameters, as Starlette and FastAPI write them ({id}, {id:int}, {rest:path}) and as
 # Flask and Werkzeug do (<id>, <int:id>, <path:rest>).
 _PARAMETER = re.compile(r"\{([^{}:]*)(?::([^{}]*))?\}|<(?:([^<>:]*):)?([^<>:]*)>")
-_CONVERTERS = frozenset({"", "str", "string", "int", "float", "uuid", "path", "any", "slug"})
+_HEX = "[0-9a-fA-F]"
+_UUID = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
+# What a route parameter matches, by converter, as the routers do: for a rule, at least
+# whatever Starlette, Werkzeug or Django would route there (a rule that matches less than
+# the router lets requests escape it); for an exempt path, at most what all of them would
+# (an exempt path that matches more lets requests to a sibling route escape their limits).
+_SEGMENT = "[^/]+"
+_BROAD = {
+    "": _SEGMENT, "str": _SEGMENT, "string": _SEGMENT, "any": _SEGMENT,
+    "int": r"\d+", "float": r"\d+(?:\.\d+)?", "uuid": _UUID, "slug": "[-a-zA-Z0-9_]+",
+    "path": ".*",
+}  # fmt: skip
+_NARROW = {
+    **_BROAD,
+    "int": "[0-9]+", "float": r"[0-9]+\.[0-9]+", "uuid": _UUID.replace("a-fA-F", "a-f"),
+    "path": "[^/].*",
+}  # fmt: skip
+_CONVERTERS = frozenset(_BROAD)
+_PLACEHOLDER = r"\{[^{}/]*\}|<[^<>/]*>"
 
 
-def _piece(part: str, pattern: str) -> str:
+def _piece(part: str, pattern: str, converters: dict[str, str], template: bool) -> str:
     """The regular expression of one piece of a rule path: a parameter, '*' or literal text."""
     if part == "*":
         return ".*"
@@ -34,11 +52,14 @@ def _piece(part: str, pattern: str) -> str:
             f"rule path {pattern!r}: cannot read the route parameter {part!r} (expected e.g. "
             "{id}, {id:int}, {rest:path}, <id> or <int:id>)"
         )
-    # A path parameter spans segments; every other one is a single non-empty segment.
-    return ".*" if converter == "path" else "[^/]+"
+    if template:  # matched against route templates too: "{item_id}", "<int:item_id>"
+        return f"(?:{converters[converter]}|{_PLACEHOLDER})"
+    return converters[converter]
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
+def _compile(pattern: str, *, exempt: bool = False, template: bool = False) -> re.Pattern[str]:
+    """A rule path as a regular expression (``exempt``: an exempt path, matched narrowly;
+    ``template``: matched against route templates, whose parameters are placeholders)."""
     if not isinstance(pattern, str) or not pattern.startswith("/"):
         raise ConfigurationError(
             f"rule path {pattern!r} can never match: request paths start with '/' (e.g. '/api/*')"
@@ -48,9 +69,12 @@ def _compile(pattern: str) -> re.Pattern[str]:
     # '*' matches any run of characters, '/' included; a route parameter what the router
     # would match; everything else is literal.
     parts = re.split(r"(\*|\{[^{}]*\}|<[^<>]*>)", pattern)
-    # DOTALL: a decoded "%0A" in a path must not slip past a '*'.
-    pattern_text = "".join(_piece(part, pattern) for part in parts if part) + r"\Z"
-    return re.compile(pattern_text, re.DOTALL)
+    converters = _NARROW if exempt else _BROAD
+    text = "".join(_piece(part, pattern, converters, template) for part in parts if part)
+    # DOTALL: a decoded "%0A" in a path must not slip past a '*'. Starlette's routes end in
+    # '$', which also matches before a final newline ("/search%0A" reaches "/search"): a
+    # rule matches there too; an exempt path does not.
+    return re.compile(text + (r"\Z" if exempt else r"\n?\Z"), re.DOTALL)
 
 
 class Rule:
@@ -99,6 +123,7 @@ class Rule:
     ) -> None:
         self.path = path
         self._regex = _compile(path)
+        self._template_regex = _compile(path, template=True)
         self.groups = groups_from(
             "rule",
             limit,
@@ -122,24 +147,29 @@ class Rule:
         methods = sorted(self.methods) if self.methods else None
         return f"Rule({self.path!r}, {self.limit!r}, methods={methods!r})"
 
-    def matches(self, path: str) -> bool:
-        return self._regex.match(path) is not None
+    def matches(self, path: str, *, template: bool = False) -> bool:
+        """Whether ``path`` is exempt (with ``template``: a route template's requests are)."""
+        regex = self._template_regex if template else self._regex
+        return regex.match(path) is not None
 
 
 class ExemptPath:
     """A path no limit applies to (``Limiter(exempt_paths=...)``), written as a rule path."""
 
-    __slots__ = ("_regex", "path")
+    __slots__ = ("_regex", "_template_regex", "path")
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._regex = _compile(path)
+        self._regex = _compile(path, exempt=True)
+        self._template_regex = _compile(path, exempt=True, template=True)
 
     def __repr__(self) -> str:
         return repr(self.path)
 
-    def matches(self, path: str) -> bool:
-        return self._regex.match(path) is not None
+    def matches(self, path: str, *, template: bool = False) -> bool:
+        """Whether the rule applies to ``path`` (with ``template``: to a route template)."""
+        regex = self._template_regex if template else self._regex
+        return regex.match(path) is not None
 
 
 def exempt_paths(paths: Any) -> tuple[ExemptPath, ...]:
@@ -165,9 +195,9 @@ def check_rules(rules: Iterable[Any]) -> tuple[Rule, ...]:
     return result
 
 
-def rule_groups(rules: tuple[Rule, ...], path: str) -> list[LimitGroup]:
+def rule_groups(rules: tuple[Rule, ...], path: str, *, template: bool = False) -> list[LimitGroup]:
     groups: list[LimitGroup] = []
     for rule in rules:
-        if rule.matches(path):
+        if rule.matches(path, template=template):
             groups.extend(rule.groups)
     return groups
